@@ -1,0 +1,134 @@
+"""Generation from a smoke checkpoint: the Python API, generate.py, and every bad input."""
+import pickle
+from pathlib import Path
+
+import music21
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT, run_script
+from musegen.checkpoint import CheckpointError
+from musegen.export import generate_files
+from musegen.features import AudioError
+from musegen.generation import Generator
+
+
+@pytest.fixture(scope="module")
+def generator(smoke_run) -> Generator:
+    return Generator.from_checkpoint(smoke_run["ckpt"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference(smoke_run) -> Path:
+    return next((smoke_run["root"] / "data" / "demo").rglob("*.wav"))
+
+
+def gen_cfg(tmp_path: Path, ckpt: Path, **overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("generate", overrides=[f"ckpt={ckpt}", f"out={tmp_path}", "duration=1.5",
+                                             "export.render_midi=false", *[f"{k}={v}" for k, v in overrides.items()]])
+    return cfg
+
+
+def test_same_seed_same_frames_other_seed_differs(generator):
+    a = generator.generate(prompt="calm piano melody", duration=1.0, seed=3).frames
+    b = generator.generate(prompt="calm piano melody", duration=1.0, seed=3).frames
+    c = generator.generate(prompt="calm piano melody", duration=1.0, seed=4).frames
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_prompt_guidance_and_reference_change_the_output(generator, reference):
+    kw = dict(duration=1.0, seed=0, temperature=0.0)
+    piano = generator.generate(prompt="calm piano melody", **kw).frames
+    drums = generator.generate(prompt="fast trumpet fanfare", **kw).frames
+    unguided = generator.generate(prompt="calm piano melody", guidance=0.0, **kw).frames
+    continued = generator.generate(prompt="calm piano melody", audio=reference, **kw).frames
+    assert not np.allclose(piano, drums)
+    assert not np.allclose(piano, unguided)
+    assert not np.allclose(piano, continued)
+
+
+def test_frames_cover_the_duration_to_one_hop(generator):
+    res = generator.generate(duration=2.0, num_samples=2)
+    hop_s = res.features.hop_length / res.features.sample_rate
+    assert res.frames.shape[0] == 2 and res.frames.shape[2] == 32
+    assert abs(res.frames.shape[1] * hop_s - 2.0) < hop_s
+
+
+def test_generate_files_writes_audio_mp3_midi_and_sidecar(tmp_path, smoke_run):
+    written = generate_files(gen_cfg(tmp_path, smoke_run["ckpt"], prompt="'calm piano melody'"))[0]
+    y, sr = sf.read(written["wav"])
+    assert abs(len(y) - 1.5 * sr) <= 512 and np.abs(y).max() <= 1.0 and np.abs(y).max() > 0.01
+    y_mp3, sr_mp3 = sf.read(written["mp3"])
+    assert sr_mp3 == sr and abs(len(y_mp3) / sr_mp3 - 1.5) < 0.1
+    score = music21.converter.parse(written["mid"])
+    assert len(score.flatten().notes) > 0
+    assert Path(written["json"]).read_text().count("checkpoint_sha256") == 1
+    again = generate_files(gen_cfg(tmp_path, smoke_run["ckpt"], prompt="'calm piano melody'"))[0]
+    assert again["wav"] != written["wav"]  # never overwrites silently
+    y2, _ = sf.read(again["wav"])
+    assert np.array_equal(y, y2)  # same seed, same bytes
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    ({"duration": 0}, ValueError, "duration"),
+    ({"duration": 601}, ValueError, "duration"),
+    ({"guidance": -1}, ValueError, "guidance"),
+])
+def test_bad_arguments_fail_before_writing(tmp_path, smoke_run, overrides, error, match):
+    with pytest.raises(error, match=match):
+        generate_files(gen_cfg(tmp_path, smoke_run["ckpt"], **overrides))
+    assert not any(tmp_path.iterdir())
+
+
+def test_bad_reference_audio_is_named(tmp_path, smoke_run):
+    silent, empty = tmp_path / "silent.wav", tmp_path / "empty.wav"
+    sf.write(silent, np.zeros(22050, dtype=np.float32), 22050)
+    empty.write_bytes(b"")
+    out = tmp_path / "out"
+    for bad in (silent, empty, tmp_path / "missing.wav"):
+        with pytest.raises(AudioError, match=bad.name):
+            generate_files(gen_cfg(out, smoke_run["ckpt"], audio=bad))
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_checkpoints_are_refused(tmp_path, smoke_run):
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(smoke_run["ckpt"].read_bytes()[:1000])
+    other_format = tmp_path / "old.ckpt"
+    ckpt = torch.load(smoke_run["ckpt"], weights_only=True)
+    ckpt["hyper_parameters"]["format_version"] = 0
+    torch.save(ckpt, other_format)
+    for path, match in ((tmp_path / "nope.ckpt", "no such file"), (corrupt, "corrupt"), (other_format, "format 0")):
+        with pytest.raises(CheckpointError, match=match):
+            Generator.from_checkpoint(path)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_tampered_checkpoint_does_not_run_code(tmp_path, smoke_run):
+    ckpt = torch.load(smoke_run["ckpt"], weights_only=True)
+    ckpt["hyper_parameters"]["payload"] = _Payload()
+    tampered = tmp_path / "tampered.ckpt"
+    torch.save(ckpt, tampered, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    with pytest.raises(CheckpointError, match="refused"):
+        Generator.from_checkpoint(tampered)
+
+
+def test_generate_cli_prints_paths_and_reports_bad_input(tmp_path, smoke_run):
+    out = run_script("generate.py", f"ckpt={smoke_run['ckpt']}", "prompt=fast violin tune", "duration=1",
+                     f"out={tmp_path}", f"paths.root_dir={tmp_path}")
+    assert "wav:" in out.stdout and "mid:" in out.stdout
+    assert (tmp_path / "fast-violin-tune-s0.midi.wav").is_file()
+    bad = run_script("generate.py", f"ckpt={tmp_path}/missing.ckpt", f"out={tmp_path}/x",
+                     f"paths.root_dir={tmp_path}", check=False)
+    assert bad.returncode != 0 and "missing.ckpt: no such file" in bad.stderr
+    unknown = run_script("generate.py", f"ckpt={smoke_run['ckpt']}", "durration=3", f"paths.root_dir={tmp_path}",
+                         check=False)
+    assert unknown.returncode != 0 and "durration" in unknown.stderr

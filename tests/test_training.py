@@ -1,0 +1,54 @@
+"""train.py end to end on the smoke experiment: checkpoints, TensorBoard, samples, DDP."""
+from pathlib import Path
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_script
+from musegen.checkpoint import module_from_checkpoint
+
+
+def _events(run: Path) -> EventAccumulator:
+    files = list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert files, f"no TensorBoard event file under {run}"
+    acc = EventAccumulator(str(files[0].parent), size_guidance={"audio": 0, "images": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def test_smoke_run_writes_checkpoints_tensorboard_and_samples(smoke_run):
+    run = smoke_run["run"]
+    assert smoke_run["ckpt"].is_file()
+    assert any(p.name.startswith("epoch_") for p in (run / "checkpoints").iterdir())
+    tags = _events(run).Tags()
+    assert {"val/skill", "val/loss", "val/persistence_mse", "train/loss_epoch"} <= set(tags["scalars"])
+    assert any(t.startswith("samples/") for t in tags["audio"])
+    assert any(t.startswith("mel/") for t in tags["images"]) and any(t.startswith("pianoroll/") for t in tags["images"])
+    epoch_dirs = sorted((run / "samples").iterdir())
+    assert [d.name for d in epoch_dirs] == ["epoch_001", "epoch_002"]
+    assert list(epoch_dirs[0].glob("*.wav")) and list(epoch_dirs[0].glob("*.mid"))
+
+
+def test_checkpoint_is_plain_data_with_everything_generation_needs(smoke_run):
+    ckpt = torch.load(smoke_run["ckpt"], map_location="cpu", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    assert hp["features"]["n_mfcc"] == 20 and hp["text_encoder"]["_target_"].startswith("musegen.text.")
+    assert ckpt["state_dict"]["stats_ready"].item()
+    module = module_from_checkpoint(smoke_run["ckpt"])
+    assert not torch.equal(module.std, torch.ones_like(module.std))  # normalisation statistics travelled
+
+
+def test_ddp_cpu_two_processes_leave_one_run_folder(tmp_path):
+    run_script("train.py", "experiment=smoke", "trainer=ddp_cpu", "callbacks=none", "test=false",
+               f"paths.root_dir={tmp_path}", "trainer.max_epochs=1")
+    runs = [p for p in (tmp_path / "outputs" / "smoke").iterdir()]
+    assert len(runs) == 1, runs
+    assert (runs[0] / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((tmp_path / "data" / "cache").iterdir())) == 1  # the cache was built once
+
+
+def test_fine_tuning_starts_from_a_checkpoint(smoke_run, tmp_path):
+    out = run_script("train.py", "experiment=smoke", "callbacks=none", "test=false", "trainer.max_epochs=1",
+                     f"paths.root_dir={smoke_run['root']}", "run_name=finetune", f"init_from={smoke_run['ckpt']}")
+    assert "initialised weights and normalisation from" in out.stderr + out.stdout
+    assert (smoke_run["root"] / "outputs" / "smoke" / "finetune" / "checkpoints" / "last.ckpt").is_file()
