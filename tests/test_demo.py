@@ -183,3 +183,15 @@ def test_missing_soundfont_is_a_clear_error(tmp_path):
     missing = str(tmp_path / "gone.sf2")
     with pytest.raises(fluid.FluidSynthError, match="gone.sf2"):
         fluid.render(_note(69), 22050, missing)
+
+
+def test_meter_midi_cannot_store_is_left_out_and_the_clip_still_writes(tmp_path):
+    """Some folk tunes are in 3/3 or 2/6: MIDI only stores power-of-two denominators."""
+    piece = demo.Piece("essen", "essenFolksong/han1.abc", 17)
+    plan = demo.Plan(0, piece, "flute", "moderate", 100, fluid.default_soundfont(), 0)
+    seg = [(0.0, 1.0, 72), (1.0, 2.0, 74), (2.0, 3.0, 76)]
+    for meter, kept in (((3, 3), False), ((2, 6), False), ((6, 8), True)):
+        pm = demo._to_midi(seg, 0, plan, (0, "major"), meter, np.random.default_rng(0))
+        pm.write(str(tmp_path / "x.mid"))
+        assert len(pretty_midi.PrettyMIDI(str(tmp_path / "x.mid")).instruments[0].notes) == 3
+        assert bool(pm.time_signature_changes) == kept

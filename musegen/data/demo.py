@@ -247,8 +247,15 @@ def _to_midi(seg: list[tuple[float, float, int]], shift: int, plan: Plan, key: t
             track.notes.append(pretty_midi.Note(vel, p + shift, on * spq, off * spq))
     pm.instruments.append(track)
     pm.key_signature_changes.append(pretty_midi.KeySignature(key[0] + (12 if key[1] == "minor" else 0), 0.0))
-    pm.time_signature_changes.append(pretty_midi.TimeSignature(meter[0], meter[1], 0.0))
+    if _midi_meter(meter):
+        pm.time_signature_changes.append(pretty_midi.TimeSignature(meter[0], meter[1], 0.0))
     return pm
+
+
+def _midi_meter(meter: tuple[int, int]) -> bool:
+    """MIDI stores a meter's denominator as a power of two; others (3/3, 2/6 in some folk tunes) are left out."""
+    num, den = meter
+    return num > 0 and den > 0 and den & (den - 1) == 0
 
 
 def render_clip(plan: Plan, out_dir: str, clip_seconds: float, sample_rate: int) -> dict:
@@ -306,6 +313,10 @@ def _job(args: tuple[Plan, str, float, int]) -> tuple[dict | None, str | None]:
         return render_clip(*args), None
     except SkipClip as exc:
         return None, str(exc)
+    except fluid.FluidSynthError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (one odd piece must not stop the build)
+        return None, f"render failed: {type(exc).__name__}: {exc}"
 
 
 # ---------------------------------------------------------------- the source
