@@ -1,22 +1,25 @@
 """Feature frames -> waveform, and waveform -> files.
 
-Two renderings of the same [T, 32] frames (20 MFCC then 12 chroma, as musegen.features.extract):
+Three renderings of the same [T, 32] frames (20 MFCC then 12 chroma, as musegen.features.extract),
+measured on 24 rendered demo clips (pitch fidelity = voiced frames whose chroma argmax survives;
+MFCC error = RMS of MFCC 1..19 re-extracted from the audio):
 
 - ``mfcc``: inverse MFCC (inverse DCT, dB -> power, non-negative inverse of the mel filterbank,
-  fast Griffin-Lim). Keeps the timbre (what the instrument classifier hears) but MFCCs carry no
-  pitch, so only about 38 % of voiced frames keep their pitch class.
-- ``harmonic``: additive sinusoids at the frame's dominant pitch classes, in the instrument's
-  register, with partial amplitudes read off the MFCC's spectral envelope. Keeps the pitch
-  (chroma argmax) and the loudness/brightness contour.
-- ``mix``: both, RMS-balanced, so the audio has the timbre and the notes.
+  fast Griffin-Lim), the same algorithm and quality as librosa.feature.inverse.mfcc_to_audio.
+  Keeps the timbre (MFCC error 1.7) but MFCCs carry no pitch (pitch fidelity 0.28).
+- ``harmonic``: additive sinusoids at the harmonics of each frame's dominant pitch classes, in
+  the instrument's register, partial amplitudes read off the MFCC envelope. Keeps the notes
+  (0.94) and the loudness/brightness contour, loses the noise between partials (MFCC error 22).
+- ``mix``: both at balanced RMS, ``harmonic_weight`` 0.6 by default: 0.92 and 3.9.
 
-Everything numeric is torch so batches and long clips stay fast on a few CPU cores.
+Everything numeric is torch, so batches and long clips stay fast on a few CPU cores.
 """
 from __future__ import annotations
 
 import logging
 import shutil
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +28,7 @@ import numpy as np
 import scipy.fft
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 
 from musegen.features import FeatureConfig
 from musegen.io import atomic_path
@@ -37,14 +41,24 @@ _PCM = {"wav": "PCM_16", "flac": "PCM_16", "ogg": "VORBIS", "mp3": "MPEG_LAYER_I
 
 
 @contextmanager
-def flush_denormal() -> Iterator[None]:
-    """Flush denormals to zero inside the block (Griffin-Lim slows 5-20x on tiny values)."""
-    # torch offers no getter; the default is off, so that is what we restore
+def flush_denormal(threads: int | None = None) -> Iterator[None]:
+    """Flush denormals to zero inside the block (Griffin-Lim slows 5-20x on tiny values).
+
+    With ``threads``, torch's intra-op thread count is set for the block too: on a busy machine
+    one thread beats two (measured 26x vs 8x real time at load 3 on 2 cores), idle it is the
+    other way round. Both settings are restored afterwards (flush-denormal to its default, off:
+    torch has no getter for it).
+    """
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     try:
         yield
     finally:
         torch.set_flush_denormal(False)
+        if threads:
+            torch.set_num_threads(before)
 
 
 def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -63,7 +77,14 @@ def _check_shape(x: torch.Tensor, dim: int, name: str) -> None:
 
 
 class Synthesizer:
-    """Frames -> audio; matrices are built once so a generator can call it per sample cheaply."""
+    """Frames -> audio; the mel pseudo-inverse, DCT and window are built once, in __init__.
+
+    ``n_iter``/``momentum`` are Griffin-Lim's (librosa's defaults). ``seed`` fixes the random
+    starting phase, so the same frames always give the same samples. ``nnls_iter`` adds
+    projected-gradient refinements of the mel inverse (off: the clamped pseudo-inverse is already
+    as good as librosa's NNLS here). ``threads`` sets torch's thread count while synthesising
+    (None: leave it); see flush_denormal.
+    """
 
     def __init__(
         self,
@@ -73,6 +94,7 @@ class Synthesizer:
         device: str = "cpu",
         nnls_iter: int = 0,
         seed: int = 0,
+        threads: int | None = None,
     ) -> None:
         if n_iter < 1:
             raise ValueError(f"n_iter must be >= 1, got {n_iter}")
@@ -84,6 +106,7 @@ class Synthesizer:
         self.device = torch.device(device)
         self.nnls_iter = int(nnls_iter)
         self.seed = int(seed)
+        self.threads = threads
         cfg = features
         mel = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels).astype(np.float64)
         # inverse DCT-II (ortho) of n_mfcc coefficients onto n_mels bands == scipy idct(n=n_mels)
@@ -113,34 +136,74 @@ class Synthesizer:
             x = torch.clamp(x - self._nnls_step * ((x @ self._mel.T - mel_power) @ self._mel), min=0.0)
         return torch.sqrt(x)
 
-    def griffin_lim(self, magnitude: torch.Tensor, length: int) -> torch.Tensor:
-        """Fast Griffin-Lim (Perraudin et al. momentum) over torch.stft/istft, librosa's settings.
+    def stft(self, y: torch.Tensor) -> torch.Tensor:
+        """[B, L] -> [B, 1 + L // hop, F] complex; torch.stft(center=True, pad_mode="constant").
 
-        Iterates on the (T - 1) * hop samples that T centred frames span (so stft gives back T
-        frames), then returns ``length`` samples, zero-padded past the last frame centre.
+        Frames as a strided view and one rfft, in the [.., T, F] layout the rest of the class
+        uses, so Griffin-Lim never transposes.
         """
         cfg = self.features
+        padded = F.pad(y, (cfg.n_fft // 2, cfg.n_fft // 2))
+        return torch.fft.rfft(padded.unfold(-1, cfg.n_fft, cfg.hop_length) * self._window, dim=-1)
+
+    def istft(self, spec: torch.Tensor, length: int, inverse_envelope: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, F] complex -> [B, length]; torch.istft(center=True) to float rounding.
+
+        Overlap-add as ceil(n_fft / hop) shifted block additions and one multiply by the
+        precomputable inverse window envelope, about twice as fast as torch.istft on CPU.
+        """
+        cfg = self.features
+        hop, n_fft = cfg.hop_length, cfg.n_fft
+        batch, T = spec.shape[0], spec.shape[-2]
+        n_blocks = -(-n_fft // hop)
+        frames = torch.fft.irfft(spec, n=n_fft, dim=-1) * self._window
+        if n_blocks * hop != n_fft:
+            frames = F.pad(frames, (0, n_blocks * hop - n_fft))
+        blocks = frames.reshape(batch, T, n_blocks, hop)
+        out = torch.zeros(batch, T + n_blocks - 1, hop, dtype=frames.dtype, device=frames.device)
+        for k in range(n_blocks):
+            out[:, k:k + T] += blocks[:, :, k]
+        if inverse_envelope is None:
+            inverse_envelope = self._inverse_envelope(T)
+        y = (out.reshape(batch, -1) * inverse_envelope)[:, n_fft // 2:n_fft // 2 + length]
+        return F.pad(y, (0, length - y.shape[-1])) if y.shape[-1] < length else y
+
+    def _inverse_envelope(self, n_frames: int) -> torch.Tensor:
+        """1 / (sum of squared windows) over the overlap-added signal; 0 where it vanishes."""
+        hop, n_fft = self.features.hop_length, self.features.n_fft
+        n_blocks = -(-n_fft // hop)
+        sq = F.pad(self._window ** 2, (0, n_blocks * hop - n_fft)).reshape(n_blocks, hop)
+        env = torch.zeros(n_frames + n_blocks - 1, hop, device=self.device)
+        for k in range(n_blocks):
+            env[k:k + n_frames] += sq[k]
+        env = env.reshape(-1)
+        return torch.where(env > 1e-11, 1.0 / env.clamp(min=1e-11), torch.zeros_like(env))
+
+    def griffin_lim(self, magnitude: torch.Tensor, length: int) -> torch.Tensor:
+        """Fast Griffin-Lim (Perraudin et al. momentum), librosa's algorithm and STFT settings.
+
+        Iterates on the (T - 1) * hop samples that T centred frames span (so the STFT gives back
+        T frames), then returns ``length`` samples, zero-padded past the last frame centre.
+        """
         shape = magnitude.shape
-        S = magnitude.reshape(-1, shape[-2], shape[-1]).transpose(1, 2).contiguous()  # [B, F, T]
+        S = magnitude.reshape(-1, shape[-2], shape[-1])  # [B, T, F]
         # one seeded random start shared by every item: deterministic, and batched == unbatched
         gen = torch.Generator(device=self.device).manual_seed(self.seed)
         phase = torch.rand(S.shape[1:], generator=gen, device=self.device) * (2 * torch.pi)
         angles = torch.polar(S, phase.expand_as(S))
-        stft_kw = dict(n_fft=cfg.n_fft, hop_length=cfg.hop_length, window=self._window, center=True)
         eps = torch.finfo(torch.float32).tiny
         keep = self.momentum / (1 + self.momentum)
-        inner = (S.shape[-1] - 1) * cfg.hop_length
+        inner = (S.shape[-2] - 1) * self.features.hop_length
+        inv_env = self._inverse_envelope(S.shape[-2])
         tprev = None
         for _ in range(self.n_iter):
-            inverse = torch.istft(angles, length=inner, **stft_kw)
-            rebuilt = torch.stft(inverse, pad_mode="constant", return_complex=True, **stft_kw)
+            rebuilt = self.stft(self.istft(angles, inner, inv_env))
             # angles = (rebuilt - keep * tprev) projected onto the target magnitudes, in place
             angles = rebuilt.clone() if tprev is None else torch.sub(rebuilt, tprev, alpha=keep)
             scale = angles.abs().add_(eps)
             angles.mul_(torch.div(S, scale, out=scale))
             tprev = rebuilt
-        y = torch.istft(angles, length=length, **stft_kw)
-        return y.reshape(*shape[:-2], length)
+        return self.istft(angles, length, inv_env).reshape(*shape[:-2], length)
 
     # ---------------------------------------------------------------- public
     def mfcc_to_audio(self, mfcc: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -148,7 +211,7 @@ class Synthesizer:
         m = _as_tensor(mfcc).to(self.device)
         _check_shape(m, self.features.n_mfcc, "mfcc")
         length = m.shape[-2] * self.features.hop_length
-        with torch.no_grad(), flush_denormal():
+        with torch.no_grad(), flush_denormal(self.threads):
             y = self.griffin_lim(self.mel_to_magnitude(self.mfcc_to_mel(m)), length)
         return y.cpu().numpy().astype(np.float32)
 
@@ -157,7 +220,7 @@ class Synthesizer:
         f = _as_tensor(frames).to(self.device)
         _check_shape(f, self.features.dim, "frames")
         n = self.features.n_mfcc
-        with torch.no_grad(), flush_denormal():
+        with torch.no_grad(), flush_denormal(self.threads):
             mag = self.mel_to_magnitude(self.mfcc_to_mel(f[..., :n]))
             y = _additive(f[..., n:], mag, register, self.features)
         return y.cpu().numpy().astype(np.float32)
@@ -185,6 +248,19 @@ class Synthesizer:
 
 
 # -------------------------------------------------------------------- harmonic resynthesis
+@lru_cache(maxsize=4)
+def _shared(features: FeatureConfig) -> Synthesizer:
+    return Synthesizer(features)
+
+
+def harmonic_from_chroma(
+    chroma: np.ndarray | torch.Tensor, mfcc: np.ndarray | torch.Tensor, register: int, features: FeatureConfig,
+) -> np.ndarray:
+    """[.., T, 12] chroma + [.., T, n_mfcc] MFCC -> [.., T * hop] pitched audio (Synthesizer.harmonic)."""
+    frames = torch.cat([_as_tensor(mfcc), _as_tensor(chroma)], dim=-1)
+    return _shared(features).harmonic(frames, register)
+
+
 def pitch_class_midi(register: int) -> torch.Tensor:
     """MIDI pitch of each pitch class 0..11 in the octave centred on ``register`` (C = 0)."""
     pcs = torch.arange(12)

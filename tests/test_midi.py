@@ -41,7 +41,8 @@ def note_f1(ref: list[tuple[float, float, int]], est: list[tuple], octave: bool 
     ei = np.array([[a, b] for a, b, *_ in est])
     rp = pretty_midi.note_number_to_hz(np.array([fold(n[2]) for n in ref], dtype=float))
     ep = pretty_midi.note_number_to_hz(np.array([fold(n[2]) for n in est], dtype=float))
-    return mir_eval.transcription.precision_recall_f1_overlap(ri, rp, ei, ep, offset_ratio=None, onset_tolerance=0.05)[2]
+    prf = mir_eval.transcription.precision_recall_f1_overlap(ri, rp, ei, ep, offset_ratio=None, onset_tolerance=0.05)
+    return prf[2]
 
 
 @pytest.mark.parametrize("name", ["piano", "violin"])
@@ -115,6 +116,8 @@ def test_empty_and_bad_input(tmp_path):
     assert pretty_midi.PrettyMIDI(str(path)).get_end_time() == 0.0
     with pytest.raises(ValueError, match="frames"):
         midi.frames_to_notes(np.zeros((10, 20)), CFG)
+    with pytest.raises(ValueError, match="NaN"):
+        midi.frames_to_notes(np.full((10, CFG.dim), np.nan), CFG)
     with pytest.raises(ValueError, match="instrument"):
         midi.write_midi([(0.0, 1.0, 60, 80)], tmp_path / "x.mid", instrument="theremin")
     with pytest.raises(ValueError, match="tempo"):
