@@ -16,8 +16,8 @@ The metrics (docs/DESIGN.md, "Metrics") and why each is built the way it is:
 - ``rtf``: seconds of audio per wall-clock second.
 
 Every function here is pure (arrays in, numbers out) except the ones that take a Generator; the
-last section, ``run_evaluation``, is evaluate.py's work and computes every baseline in the same run
-as the model's number. Heavy imports (generation, export, scikit-learn, mir_eval) are local to the
+last section (``Evaluation``, ``evaluate_checkpoint``) is evaluate.py's work and computes every
+baseline in the same run as the model's number. Heavy imports (generation, export, scikit-learn, mir_eval) are local to the
 functions that need them: musegen.module imports ``skill`` from here.
 """
 from __future__ import annotations
@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from musegen.features import FeatureConfig, extract, load_audio
 from musegen.instruments import INSTRUMENTS, Instrument, find_instrument
 
 if TYPE_CHECKING:  # pragma: no cover - imports for annotations only (no cycles at runtime)
     from musegen.audio import Synthesizer
     from musegen.data.datamodule import MuseDataModule
+    from musegen.features import FeatureConfig
     from musegen.export import ExportSettings
     from musegen.generation import Generator
     from musegen.module import MuseModule
@@ -66,7 +66,9 @@ def skill(model_mse: float | torch.Tensor, persistence_mse: float | torch.Tensor
 
 
 @torch.inference_mode()
-def next_segment_skill(module: MuseModule, data: MuseDataModule | Iterable[Mapping[str, torch.Tensor]]) -> dict[str, float]:
+def next_segment_skill(
+    module: MuseModule, data: MuseDataModule | Iterable[Mapping[str, torch.Tensor]],
+) -> dict[str, float]:
     """Model vs persistence MSE on next-segment MFCC in normalised units, over every test window.
 
     `data` is a set-up datamodule (its test split is used) or any iterable of window batches
@@ -77,16 +79,23 @@ def next_segment_skill(module: MuseModule, data: MuseDataModule | Iterable[Mappi
 
     batches = data.test_dataloader() if hasattr(data, "test_dataloader") else data
     m, dev = int(module.n_mfcc), _module_device(module)
+    was_training = bool(getattr(module, "training", False))
+    if was_training:
+        module.eval()  # dropout off: the number must not depend on the call
     model_se = persist_se = 0.0
     count = 0
-    for batch in batches:
-        b = {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        pred = module.predict_next(b["context"], b["context_mask"], b["text"], b["reference"])[..., :m]
-        target = module.normalise(b["target"])[..., :m]
-        persist = last_frame(module.normalise(b["context"]), b["context_mask"])[:, None, :m].expand_as(target)
-        model_se += float(((pred - target) ** 2).double().sum())
-        persist_se += float(((persist - target) ** 2).double().sum())
-        count += target.numel()
+    try:
+        for batch in batches:
+            b = {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            pred = module.predict_next(b["context"], b["context_mask"], b["text"], b["reference"])[..., :m]
+            target = module.normalise(b["target"])[..., :m]
+            persist = last_frame(module.normalise(b["context"]), b["context_mask"])[:, None, :m].expand_as(target)
+            model_se += float(((pred - target) ** 2).double().sum())
+            persist_se += float(((persist - target) ** 2).double().sum())
+            count += target.numel()
+    finally:
+        if was_training:
+            module.train()
     if count == 0:
         raise ValueError("next_segment_skill: no test windows (is the test split empty?)")
     mse, pmse = model_se / count, persist_se / count
@@ -156,6 +165,7 @@ def render_sample(
     """
     from musegen.audio import write_audio  # noqa: PLC0415
     from musegen.export import ExportSettings, synthesize  # noqa: PLC0415
+    from musegen.features import extract, load_audio  # noqa: PLC0415
 
     settings = settings or ExportSettings()
     samples = int(round(seconds * features.sample_rate))
@@ -221,7 +231,9 @@ def _derangement(n: int, seed: int) -> list[int]:
 
 
 # ============================================================================ pitch fidelity
-def voiced_frames(audio: np.ndarray, features: FeatureConfig, rel_db: float = 30.0, floor_db: float = -60.0) -> np.ndarray:
+def voiced_frames(
+    audio: np.ndarray, features: FeatureConfig, rel_db: float = 30.0, floor_db: float = -60.0,
+) -> np.ndarray:
     """Boolean per frame (aligned with features.extract): loud enough that a pitch is audible."""
     import librosa  # noqa: PLC0415
 
@@ -237,6 +249,8 @@ def pitch_fidelity(generated_frames: np.ndarray, written_audio: np.ndarray, feat
     Voicing comes from the audio (a silent frame sounds no pitch, so it cannot be judged); no
     voiced frame at all scores 0 (the audio sounds none of the intended notes).
     """
+    from musegen.features import extract  # noqa: PLC0415
+
     gen = np.asarray(generated_frames)[:, features.n_mfcc:]
     voiced = voiced_frames(written_audio, features)
     if not voiced[: len(gen)].any():
@@ -302,6 +316,8 @@ def fad(generated: Sequence[np.ndarray], real: Sequence[np.ndarray],
 
 def white_noise_frames(n: int, seconds: float, features: FeatureConfig, seed: int = 0) -> list[np.ndarray]:
     """Features of `n` white-noise clips: the "knows nothing about music" end of FAD's scale."""
+    from musegen.features import extract  # noqa: PLC0415
+
     rng = np.random.default_rng(seed)
     samples = int(round(seconds * features.sample_rate))
     return [extract((0.1 * rng.standard_normal(samples)).astype(np.float32), features) for _ in range(n)]
@@ -369,6 +385,26 @@ def pyin_notes(y: np.ndarray, features: FeatureConfig, fmin: float = 65.4, fmax:
     return notes
 
 
+def argmax_notes(frames: np.ndarray, features: FeatureConfig, register: int = 60, voicing_db: float = 35.0,
+                 min_note_frames: int = 2) -> list[Note]:
+    """The naive transcription musegen's must beat: a note per run of one chroma argmax over loud
+    frames (within `voicing_db` of the clip's loudest), in the octave nearest `register`."""
+    import scipy.fft  # noqa: PLC0415
+
+    frames = np.asarray(frames, dtype=np.float64)
+    log_mel = scipy.fft.idct(frames[:, : features.n_mfcc], axis=-1, type=2, norm="ortho", n=features.n_mels)
+    loud = 10.0 * np.log10(np.sum(10.0 ** (log_mel / 10.0), axis=-1) + 1e-30)
+    pcs = np.where(loud >= loud.max() - voicing_db, np.argmax(frames[:, features.n_mfcc:], axis=-1), -1)
+    notes, start, sec = [], 0, features.frame_seconds
+    for t in range(1, len(pcs) + 1):
+        if t == len(pcs) or pcs[t] != pcs[start]:
+            if pcs[start] >= 0 and t - start >= min_note_frames:
+                pitch = register + (int(pcs[start]) - register + 6) % 12 - 6
+                notes.append((start * sec, t * sec, pitch, 80))
+            start = t
+    return notes
+
+
 def musegen_notes(frames: np.ndarray, features: FeatureConfig, label: str | None) -> list[Note]:
     """musegen's own transcription (midi.frames_to_notes) in the label instrument's register and range."""
     from musegen.midi import frames_to_notes  # noqa: PLC0415
@@ -408,7 +444,8 @@ class InstrumentClassifier:
 
     def fit(self, clips: Sequence[np.ndarray], labels: Sequence[str]) -> InstrumentClassifier:
         if len(set(labels)) < 2:
-            raise ValueError(f"InstrumentClassifier needs >= 2 classes in the training clips, got {sorted(set(labels))}")
+            raise ValueError(f"InstrumentClassifier needs >= 2 classes in the training clips, "
+                             f"got {sorted(set(labels))}")
         self.model.fit(self.embed(clips), list(labels))
         return self
 
@@ -454,7 +491,7 @@ def prompt_adherence(
     generator: Generator, classifier: InstrumentClassifier, labels: Sequence[str], guidance: float,
     n_per_label: int, duration: float, synth: Synthesizer, temperature: float = 0.5, seed: int = 0,
 ) -> float:
-    """Accuracy of `classifier` on audio generated for prompts naming each label (chance 1/len(labels))."""
+    """Accuracy of `classifier` on audio generated for prompts naming each label (chance: 1 / its classes)."""
     samples = prompt_samples(generator, labels, guidance, n_per_label, duration, synth, temperature, seed)
     return classifier.accuracy([s.extracted for s in samples], [s.label for s in samples])
 
@@ -513,7 +550,8 @@ class EvalSettings:
         if self.max_labels is not None and self.max_labels < 1:
             raise ValueError(f"max_labels must be >= 1 or null, got {self.max_labels}")
         if self.max_test_clips < 2:
-            raise ValueError(f"max_test_clips must be >= 2 (melody_adherence needs another clip), got {self.max_test_clips}")
+            raise ValueError(f"max_test_clips must be >= 2 (melody_adherence needs another clip), "
+                             f"got {self.max_test_clips}")
 
 
 def _entry(value: float | None, baselines: Mapping[str, float | None], chance: float | None = None,
@@ -626,7 +664,8 @@ class Evaluation:
 
     def melody_adherence(self) -> dict[str, Any]:
         ids = self.eval_ids
-        m = melody_adherence(self.gen, [self.cache.paths[i] for i in ids], [f[:, self.feats.n_mfcc:] for f in self.frames(ids)],
+        chroma = [f[:, self.feats.n_mfcc:] for f in self.frames(ids)]
+        m = melody_adherence(self.gen, [self.cache.paths[i] for i in ids], chroma,
                              self.labels(ids), self.synth, self.s.seconds, self.s.temperature, self.s.seed,
                              self.samples_dir("continuations"))
         self.generated += m.samples
@@ -640,7 +679,8 @@ class Evaluation:
         value = float(np.mean([pitch_fidelity(x.frames, x.audio, self.feats) for x in self.generated]))
         random = float(np.mean([pitch_fidelity(_random_chroma(x.frames, self.feats.n_mfcc, rng), x.audio, self.feats)
                                 for x in self.generated]))
-        true_mix = float(np.mean([pitch_fidelity(r.frames, r.audio, self.feats) for r in map(self._resynth, self.eval_ids)]))
+        true_mix = float(np.mean([pitch_fidelity(r.frames, r.audio, self.feats)
+                                  for r in map(self._resynth, self.eval_ids)]))
         true_mfcc = float(np.mean([pitch_fidelity(r.frames, r.audio, self.feats)
                                    for r in (self._resynth(i, "mfcc") for i in self.eval_ids)]))
         return _entry(value, {"random": random, "true_frames_resynth": true_mix, "true_frames_inverse_mfcc": true_mfcc},
@@ -661,17 +701,21 @@ class Evaluation:
         ids = [i for i in self.eval_ids if self.cache.midi[i]]
         if not ids:
             log.warning("note_f1: no evaluated test clip has ground-truth MIDI (only the demo source has it)")
-            return _entry(None, {"pyin_onsets": None}, details={"clips": 0}, name="note_f1")
-        ours, pyin = [], []
+            return _entry(None, {"pyin_onsets": None, "chroma_argmax": None}, details={"clips": 0}, name="note_f1")
+        from musegen.features import load_audio  # noqa: PLC0415
+
+        ours, naive, pyin = [], [], []
         for i in ids:
             frames, label = self.cache.clip_frames(i).numpy(), self.cache.labels[i]
             samples = len(frames) * self.feats.hop_length
             ref = midi_notes(self.cache.midi[i], samples / self.feats.sample_rate)
             ours.append(note_f1(musegen_notes(frames, self.feats, label), ref))
+            naive.append(note_f1(argmax_notes(frames, self.feats, register_for(label)), ref))
             y = load_audio(self.cache.paths[i], self.feats.sample_rate)[:samples]
             pyin.append(note_f1(pyin_notes(y, self.feats, *pyin_range(label)), ref))
-        return _entry(float(np.mean(ours)), {"pyin_onsets": float(np.mean(pyin))},
-                      details={"clips": len(ids), "input": "true features of the test clips"}, name="note_f1")
+        baselines = {"pyin_onsets": float(np.mean(pyin)), "chroma_argmax": float(np.mean(naive))}
+        return _entry(float(np.mean(ours)), baselines,
+                      details={"clips": len(ids), "input": "true features / audio of the test clips"}, name="note_f1")
 
     def rtf(self) -> dict[str, Any]:
         if self.generate_cfg is None:

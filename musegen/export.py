@@ -106,7 +106,7 @@ def generate_files(cfg: Any) -> list[dict[str, str]]:
                           guidance=cfg.guidance, temperature=cfg.temperature, seed=cfg.seed,
                           num_samples=cfg.num_samples, progress=True)
     settings = ExportSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.export.items()})
-    synth = Synthesizer(result.features, n_iter=cfg.synth.n_iter, momentum=cfg.synth.momentum)
+    synth = Synthesizer(result.features, **cfg.synth)
     meta = {**result.metadata, "checkpoint": str(cfg.ckpt), "checkpoint_sha256": file_sha256(cfg.ckpt),
             "versions": _versions()}
     written = []

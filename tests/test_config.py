@@ -54,10 +54,12 @@ def test_group_options_compose(group, option, tmp_path):
 def test_generate_and_evaluate_configs_compose():
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("generate", overrides=["ckpt=x.ckpt"])
-    assert cfg.duration > 0 and cfg.guidance >= 0
+        assert cfg.duration > 0 and cfg.guidance >= 0
+        cfg = compose("evaluate", overrides=["ckpt=x.ckpt"])
+        assert cfg.num_prompts > 0 and cfg.data.source is not None
 
 
-@pytest.mark.parametrize("script", ["train.py", "generate.py"])
+@pytest.mark.parametrize("script", ["train.py", "generate.py", "evaluate.py"])
 def test_entry_points_answer_help(script):
     out = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)

@@ -1,0 +1,209 @@
+"""The quality metrics on cases with a known answer, and evaluate.py end to end on a smoke checkpoint."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pretty_midi
+import pytest
+import torch
+
+from musegen.audio import Synthesizer
+from musegen.evaluation import (
+    METRICS, EvalSettings, InstrumentClassifier, argmax_notes, fad, frechet_distance, midi_notes, next_segment_skill, note_f1,
+    pitch_class_profile, pitch_fidelity, pooled_embedding, profile_correlation, pyin_notes, rtf, skill,
+)
+from musegen.features import FeatureConfig, extract
+from musegen.model import last_frame
+
+FEATS = FeatureConfig()
+SR = FEATS.sample_rate
+
+
+# ---------------------------------------------------------------------------- skill
+class RampModule:
+    """A stand-in module on ramp data (frame t = t * slope): `gain` 1 is the perfect predictor,
+    0 is persistence (repeat the last frame), 0.5 halfway (error 1/4 of persistence's)."""
+
+    n_mfcc = 2
+
+    def __init__(self, slope: torch.Tensor, segment: int, gain: float) -> None:
+        self.slope, self.segment, self.gain = slope, segment, gain
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def predict_next(self, context, mask, text, reference):
+        steps = torch.arange(1, self.segment + 1, dtype=torch.float32)[None, :, None]
+        return last_frame(context, mask)[:, None, :] + self.gain * steps * self.slope
+
+
+def ramp_batches(slope: torch.Tensor, context: int = 6, segment: int = 4, starts=(6, 9, 20)):
+    frames = torch.arange(40, dtype=torch.float32)[:, None] * slope
+    ctx = torch.stack([frames[s - context:s] for s in starts])
+    mask = torch.ones(len(starts), context, dtype=torch.bool)
+    mask[0, :2] = False  # a partly empty context: persistence must use the last *real* frame
+    yield {"context": ctx, "context_mask": mask, "target": torch.stack([frames[s:s + segment] for s in starts]),
+           "text": torch.zeros(len(starts), 3), "reference": torch.zeros(len(starts), 8)}
+
+
+@pytest.mark.parametrize("gain, expected", [(1.0, 1.0), (0.0, 0.0), (0.5, 0.75)])
+def test_next_segment_skill_on_ramps(gain, expected):
+    slope = torch.tensor([1.0, -0.5, 2.0])  # the third dimension is chroma: not scored
+    r = next_segment_skill(RampModule(slope, 4, gain), ramp_batches(slope))
+    assert r["skill"] == pytest.approx(expected, abs=1e-9)
+    assert r["persistence_mse"] > 0
+
+
+def test_skill_formula():
+    assert float(skill(0.0, 2.0)) == 1.0
+    assert float(skill(2.0, 2.0)) == 0.0
+    assert float(skill(4.0, 2.0)) == -1.0
+
+
+# ---------------------------------------------------------------------------- profiles
+def test_pitch_class_profiles_correlate_one_when_identical():
+    rng = np.random.default_rng(0)
+    chroma = rng.random((50, 12))
+    p = pitch_class_profile(chroma)
+    assert p.shape == (12,) and np.allclose(p, chroma.mean(0))
+    assert profile_correlation(p, p) == 1.0
+    assert profile_correlation(p, 3 * p + 1) == pytest.approx(1.0)
+    assert profile_correlation(p, -p) == pytest.approx(-1.0)
+    assert profile_correlation(p, np.full(12, 0.5)) == 0.0  # a flat profile has no key
+    with pytest.raises(ValueError):
+        profile_correlation(p, p[:11])
+
+
+# ---------------------------------------------------------------------------- FAD
+def test_frechet_distance_known_values():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((40, 8))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shift = np.arange(8, dtype=np.float64)
+    assert frechet_distance(a, a + shift) == pytest.approx(float(shift @ shift), rel=1e-5)
+    b = rng.standard_normal((30, 8)) * 3
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-6)
+    assert frechet_distance(a[:3], a[:3]) == pytest.approx(0.0, abs=1e-6)  # fewer samples than dims
+
+
+def test_fad_of_identical_clips_is_zero_and_noise_is_far():
+    rng = np.random.default_rng(2)
+    clips = [rng.standard_normal((30, 32)) + i for i in range(5)]
+    emb = pooled_embedding(clips[0])
+    assert emb.shape == (64,) and np.allclose(emb[:32], clips[0].mean(0)) and np.allclose(emb[32:], clips[0].std(0))
+    assert fad(clips, clips) == pytest.approx(0.0, abs=1e-6)
+    assert fad(clips, clips, mean=np.zeros(32), std=np.ones(32)) == pytest.approx(0.0, abs=1e-6)
+    assert fad([c + 10 for c in clips], clips) > 100
+
+
+# ---------------------------------------------------------------------------- notes
+REF = [(0.0, 0.5, 60, 80), (0.5, 1.0, 64, 80), (1.0, 1.5, 67, 80), (1.5, 2.0, 72, 80)]
+
+
+def test_note_f1_known_values():
+    assert note_f1(REF, REF) == 1.0
+    assert note_f1([], []) == 1.0
+    assert note_f1([], REF) == 0.0
+    assert note_f1(REF[:2], REF) == pytest.approx(2 / 3)
+    assert note_f1([(s + 0.03, e + 0.5, p, v) for s, e, p, v in REF], REF) == 1.0  # 30 ms late, offsets ignored
+    assert note_f1([(s + 0.1, e, p, v) for s, e, p, v in REF], REF) == 0.0         # 100 ms late
+    assert note_f1([(s, e, p + 12, v) for s, e, p, v in REF], REF) == 0.0          # wrong octave
+
+
+def tones(notes, seconds: float) -> np.ndarray:
+    """Harmonic tones with a decaying envelope, one per note, as a stand-in recording."""
+    y = np.zeros(int(seconds * SR), dtype=np.float32)
+    for start, end, pitch, _ in notes:
+        t = np.arange(int((end - start - 0.02) * SR)) / SR
+        f0 = 440.0 * 2 ** ((pitch - 69) / 12)
+        tone = sum(np.sin(2 * np.pi * h * f0 * t) / h for h in range(1, 5)) * np.exp(-2 * t)
+        y[int(start * SR):int(start * SR) + len(t)] += 0.3 * tone.astype(np.float32)
+    return y
+
+
+def test_midi_ground_truth_and_pyin_baseline(tmp_path):
+    pm = pretty_midi.PrettyMIDI()
+    inst = pretty_midi.Instrument(program=0)
+    inst.notes = [pretty_midi.Note(80, p, s, e) for s, e, p, _ in REF]
+    pm.instruments.append(inst)
+    pm.write(str(tmp_path / "ref.mid"))
+    ref = midi_notes(tmp_path / "ref.mid")
+    assert note_f1(ref, REF) == 1.0
+    assert len(midi_notes(tmp_path / "ref.mid", max_seconds=1.2)) == 3
+    est = pyin_notes(tones(REF, 2.0), FEATS, fmin=200.0, fmax=1100.0)
+    assert note_f1(est, ref) >= 0.75
+
+
+def test_chroma_argmax_baseline_transcribes_clean_tones():
+    notes = argmax_notes(extract(tones(REF[:3], 1.5), FEATS), FEATS, register=64)
+    assert [p for _, _, p, _ in notes] == [60, 64, 67]
+    assert note_f1(notes, REF[:3]) == 1.0
+
+
+# ---------------------------------------------------------------------------- pitch fidelity
+def test_pitch_fidelity_of_harmonic_resynthesis_is_high_and_random_chroma_low():
+    rng = np.random.default_rng(3)
+    frames = extract(tones([(0.0, 3.0, 57, 80)], 3.0), FEATS)  # a real MFCC envelope
+    classes = np.repeat(rng.integers(0, 12, len(frames) // 8 + 1), 8)[: len(frames)]
+    frames[:, FEATS.n_mfcc:] = np.eye(12)[classes] * 0.9 + 0.05
+    audio = Synthesizer(FEATS).render(frames, mode="harmonic", register=60)
+    assert pitch_fidelity(frames, audio, FEATS) >= 0.85
+    other = frames.copy()
+    other[:, FEATS.n_mfcc:] = rng.random((len(frames), 12))
+    assert pitch_fidelity(other, audio, FEATS) <= 0.3
+    assert pitch_fidelity(frames, np.zeros_like(audio), FEATS) == 0.0  # silence sounds no note
+
+
+# ---------------------------------------------------------------------------- classifier, rtf
+def test_instrument_classifier_separates_timbres():
+    rng = np.random.default_rng(4)
+
+    def clip(kind: str) -> np.ndarray:
+        t = np.arange(SR // 2) / SR
+        f0 = 110 * 2 ** (rng.integers(0, 24) / 12)
+        n_h = 1 if kind == "flute" else 12
+        y = sum(np.sin(2 * np.pi * h * f0 * t) / h for h in range(1, n_h + 1))
+        return extract((0.2 * y + 0.01 * rng.standard_normal(len(t))).astype(np.float32), FEATS)
+
+    train = [(clip(k), k) for k in ("flute", "violin") for _ in range(6)]
+    test = [(clip(k), k) for k in ("flute", "violin") for _ in range(3)]
+    clf = InstrumentClassifier().fit([f for f, _ in train], [y for _, y in train])
+    assert clf.classes == ["flute", "violin"]
+    assert clf.accuracy([f for f, _ in test], [y for _, y in test]) == 1.0
+    with pytest.raises(ValueError, match="2 classes"):
+        InstrumentClassifier().fit([f for f, _ in train[:2]], ["flute", "flute"])
+
+
+def test_rtf_and_settings_fail_fast():
+    assert rtf(10.0, 2.0) == 5.0
+    with pytest.raises(ValueError, match="wall_seconds"):
+        rtf(1.0, 0.0)
+    with pytest.raises(ValueError, match="num_prompts"):
+        EvalSettings(num_prompts=0)
+    with pytest.raises(ValueError, match="max_test_clips"):
+        EvalSettings(max_test_clips=1)
+    with pytest.raises(ValueError, match="max_labels"):
+        EvalSettings(max_labels=0)
+
+
+# ---------------------------------------------------------------------------- evaluate.py
+def test_evaluate_py_end_to_end(tmp_path, smoke_run):
+    from conftest import run_script
+
+    out_dir = tmp_path / "eval"
+    out = run_script("evaluate.py", f"ckpt={smoke_run['ckpt']}", f"hydra.run.dir={out_dir}", "num_prompts=1",
+                     "seconds=1", "max_test_clips=2", "max_labels=2", "rtf.duration=1",
+                     "write_samples=false")
+    results = json.loads((out_dir / "metrics.json").read_text())
+    assert set(results["metrics"]) == set(METRICS)
+    for name in METRICS:
+        entry = results["metrics"][name]
+        assert isinstance(entry["value"], float) and math.isfinite(entry["value"]), (name, entry)
+        assert all(isinstance(v, float) and math.isfinite(v) for v in entry["baselines"].values()), (name, entry)
+    assert results["metrics"]["skill"]["baselines"] == {"persistence": 0.0}
+    assert len(results["metrics"]["prompt_adherence"]["details"]["labels"]) == 2
+    assert results["data"]["config_from"].endswith(".hydra/config.yaml")
+    assert "prompt_adherence" in out.stdout and "metrics.json" in out.stdout
+    assert (out_dir / "rtf").is_dir()
