@@ -10,7 +10,7 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from musegen.checkpoint import read_checkpoint
+from musegen.checkpoint import AtomicCheckpointIO, RandomState, read_checkpoint
 from musegen.sweep import job_devices
 
 log = logging.getLogger(__name__)
@@ -27,10 +27,13 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
         text_encoder=encoder.config(),
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    callbacks.append(RandomState())  # resumed runs draw the same random numbers as uninterrupted ones
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     devices = job_devices(cfg.trainer.get("devices"), cfg.trainer.get("accelerator"), cfg.get("gpus_per_job"),
                           torch.cuda.device_count())
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, devices=devices)
+    # a kill during a save never leaves a corrupt last.ckpt (unless trainer.plugins chooses otherwise)
+    plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, devices=devices, **plugins)
     return datamodule, module, trainer
 
 
@@ -74,6 +77,8 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
 def train(cfg: DictConfig) -> float | None:
     """Fit (and test) the configured experiment; return `cfg.optimized_metric` from the last validation."""
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
     datamodule, module, trainer = build(cfg)
     if cfg.get("init_from"):
         ckpt = read_checkpoint(cfg.init_from)

@@ -330,3 +330,18 @@ def test_datamodule_rejects_bad_arguments(grouped_root: Path) -> None:
         MuseDataModule(FolderSource(str(grouped_root)), cache_dir="x", val_fraction=0.6, test_fraction=0.5)
     with pytest.raises(ValueError, match="unknown key"):
         MuseDataModule(FolderSource(str(grouped_root)), cache_dir="x", features={"n_mfccs": 13})
+
+
+def test_cache_key_does_not_depend_on_the_working_directory(tmp_path, monkeypatch, encoder):
+    """A relative source root seen from two directories is one dataset: one cache, not two."""
+    audio = tmp_path / "songs"
+    audio.mkdir()
+    sr = 22050
+    t = np.arange(sr) / sr
+    sf.write(audio / "a.wav", 0.5 * np.sin(2 * np.pi * 440 * t).astype(np.float32), sr)
+    keys = []
+    for cwd, root in ((tmp_path, "songs"), (audio, ".")):
+        monkeypatch.chdir(cwd)
+        dm = MuseDataModule(FolderSource(root), cache_dir=str(tmp_path / "cache"), text_encoder=encoder)
+        keys.append(dm.cache_key())
+    assert keys[0] == keys[1]

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from musegen.data.cache import (
     DEFAULT_MAX_SECONDS, CacheError, FeatureCache, build_cache, cache_key, find_cache, load_cache,
@@ -175,6 +177,28 @@ class WindowDataset(Dataset):
         }
 
 
+class EpochShuffle(RandomSampler):
+    """Shuffles with a generator seeded by (seed, epoch), so epoch e has the same order whether the run
+    was interrupted and resumed or not (Lightning calls set_epoch before every training epoch). A
+    RandomSampler, so under DDP Lightning swaps in its DistributedSampler, which does the same per rank."""
+
+    def __init__(self, data_source: Dataset, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+def absolute(clip: Clip) -> Clip:
+    return replace(clip, path=str(Path(clip.path).resolve()),
+                   midi=str(Path(clip.midi).resolve()) if clip.midi else None)
+
+
 class MuseDataModule(L.LightningDataModule):
     """Source -> feature cache -> grouped train/val/test windows, with train-only normalisation stats."""
 
@@ -230,9 +254,10 @@ class MuseDataModule(L.LightningDataModule):
         return self._text_encoder
 
     def clips(self) -> list[Clip]:
-        """The source's clips, listed once per process."""
+        """The source's clips with absolute paths (so the cache key does not depend on the directory a
+        command runs in), listed once per process."""
         if self._clips is None:
-            self._clips = list(self.source.clips())
+            self._clips = [absolute(c) for c in self.source.clips()]
         return self._clips
 
     def cache_key(self) -> str:
@@ -320,8 +345,9 @@ class MuseDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self._require_setup()
         workers = self.hparams.loader_workers
+        sampler = EpochShuffle(self.datasets[split], self.hparams.seed) if shuffle else None
         generator = torch.Generator().manual_seed(self.hparams.seed) if shuffle else None
-        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
+        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, sampler=sampler,
                           generator=generator, num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=torch.cuda.is_available())
 

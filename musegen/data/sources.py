@@ -179,7 +179,7 @@ class FolderSource:
 
     def clips(self) -> list[Clip]:
         """Clips for every audio file under root plus every row of the metadata CSV."""
-        root = Path(self.root).expanduser()
+        root = Path(self.root).expanduser().resolve()
         if not root.is_dir():
             raise DataSourceError(f"FolderSource: root {root} does not exist or is not a directory "
                                   "(set data.source.root=/path/to/audio)")
