@@ -102,6 +102,36 @@ def next_segment_skill(
     return {"skill": float(skill(mse, pmse)), "mse": mse, "persistence_mse": pmse, "values": count}
 
 
+def _ridge_arrays(module: MuseModule, batches: Iterable[Mapping[str, torch.Tensor]], frames: int) -> tuple[np.ndarray, ...]:
+    """Inputs (the last `frames` normalised context frames, masked, and the text), next-segment MFCC
+    targets and persistence predictions, all in normalised units."""
+    from musegen.model import last_frame  # noqa: PLC0415
+
+    m, xs, ys, ps = int(module.n_mfcc), [], [], []
+    with torch.no_grad():
+        for b in batches:
+            mask = b["context_mask"]
+            ctx = module.normalise(b["context"]) * mask[..., None]
+            target = module.normalise(b["target"])[..., :m]
+            xs.append(torch.cat([ctx[:, -frames:].flatten(1), mask[:, -frames:].float(), b["text"]], 1))
+            ys.append(target.flatten(1))
+            ps.append(last_frame(ctx, mask)[:, None, :m].expand_as(target).flatten(1))
+    return tuple(torch.cat(a).double().numpy() for a in (xs, ys, ps))
+
+
+def linear_skill(module: MuseModule, train: Iterable[Mapping[str, torch.Tensor]],
+                 test: Iterable[Mapping[str, torch.Tensor]], frames: int = 4, alpha: float = 100.0) -> float:
+    """The linear baseline the BiGRU must beat: ridge regression from the last `frames` context frames
+    and the text embedding to the next segment's MFCC, fit on `train` windows, skill on `test` windows
+    (normalised with the module's statistics, as the model's own skill)."""
+    from sklearn.linear_model import Ridge  # noqa: PLC0415
+
+    x_train, y_train, _ = _ridge_arrays(module, train, frames)
+    x_test, y_test, persist = _ridge_arrays(module, test, frames)
+    pred = Ridge(alpha=alpha).fit(x_train, y_train).predict(x_test)
+    return float(skill(((pred - y_test) ** 2).mean(), ((persist - y_test) ** 2).mean()))
+
+
 def _module_device(module: Any) -> torch.device:
     try:
         return next(module.parameters()).device
@@ -617,7 +647,8 @@ class Evaluation:
     # -- metrics -------------------------------------------------------------------------------
     def skill(self) -> dict[str, Any]:
         r = next_segment_skill(self.gen.module, self.dm)
-        return _entry(r["skill"], {"persistence": 0.0}, details=r, name="skill")
+        ridge = linear_skill(self.gen.module, self.dm.dataloader("train"), self.dm.test_dataloader())
+        return _entry(r["skill"], {"persistence": 0.0, "ridge": ridge}, details=r, name="skill")
 
     def prompt_adherence(self) -> dict[str, Any]:
         clf = InstrumentClassifier(self.feats.n_mfcc, seed=self.s.seed).fit(

@@ -202,8 +202,21 @@ def test_evaluate_py_end_to_end(tmp_path, smoke_run):
         entry = results["metrics"][name]
         assert isinstance(entry["value"], float) and math.isfinite(entry["value"]), (name, entry)
         assert all(isinstance(v, float) and math.isfinite(v) for v in entry["baselines"].values()), (name, entry)
-    assert results["metrics"]["skill"]["baselines"] == {"persistence": 0.0}
+    assert results["metrics"]["skill"]["baselines"]["persistence"] == 0.0
+    assert set(results["metrics"]["skill"]["baselines"]) == {"persistence", "ridge"}
     assert len(results["metrics"]["prompt_adherence"]["details"]["labels"]) == 2
     assert results["data"]["config_from"].endswith(".hydra/config.yaml")
     assert "prompt_adherence" in out.stdout and "metrics.json" in out.stdout
     assert (out_dir / "rtf").is_dir()
+
+
+def test_linear_baseline_learns_a_linear_continuation():
+    """Ramps continue linearly from the last frames: ridge regression predicts them almost exactly,
+    far better than persistence."""
+    from musegen.evaluation import linear_skill
+
+    slope = torch.tensor([1.0, -0.5, 2.0])
+    module = RampModule(slope, 4, 0.0)
+    train = list(ramp_batches(slope, starts=tuple(range(6, 36))))
+    value = linear_skill(module, train, ramp_batches(slope), frames=2, alpha=1e-6)
+    assert value > 0.99

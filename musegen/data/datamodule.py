@@ -342,7 +342,8 @@ class MuseDataModule(L.LightningDataModule):
             raise RuntimeError("MuseDataModule: call setup() first")
 
     # -- loaders ------------------------------------------------------------------------------
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def dataloader(self, split: str, shuffle: bool = False) -> DataLoader:
+        """Batches of one split's windows (train/val/test); shuffled by seed and epoch when asked."""
         self._require_setup()
         workers = self.hparams.loader_workers
         sampler = EpochShuffle(self.datasets[split], self.hparams.seed) if shuffle else None
@@ -352,10 +353,10 @@ class MuseDataModule(L.LightningDataModule):
                           pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.dataloader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self.dataloader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self.dataloader("test", shuffle=False)
