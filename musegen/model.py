@@ -32,6 +32,7 @@ class MuseNet(nn.Module):
         dropout: float = 0.1,
         cond_dim: int = 64,
         fusion: str = "film",
+        skip_frames: int = 4,
     ) -> None:
         super().__init__()
         if fusion not in ("film", "concat"):
@@ -48,6 +49,10 @@ class MuseNet(nn.Module):
             hidden, hidden, num_layers=layers, batch_first=True, bidirectional=True,
             dropout=dropout if layers > 1 else 0.0,
         )
+        # a linear path from the last few frames: the mean reversion a ridge regression finds, which the
+        # recurrent path then only has to correct
+        self.skip_frames = skip_frames
+        self.skip = nn.Linear(skip_frames * (feature_dim + 1), segment_frames * out_dim) if skip_frames else None
         head_in = 4 * hidden + 2 * cond_dim + 1
         self.head = nn.Sequential(
             nn.Linear(head_in, 2 * hidden), nn.GELU(), nn.Dropout(dropout),
@@ -81,6 +86,9 @@ class MuseNet(nn.Module):
         last = torch.cat([h_n[-2], h_n[-1]], dim=-1)
         has_context = (count > 0).to(context.dtype)
         delta = self.head(torch.cat([last, pooled, cond, has_context], dim=-1))
+        if self.skip is not None:
+            recent = torch.cat([context * m, m], dim=-1)[:, -self.skip_frames:]
+            delta = delta + self.skip(recent.flatten(1))
         delta = delta.view(-1, self.segment_frames, self.out_dim)
         return last_frame(context, mask)[:, None, : self.out_dim] + delta
 

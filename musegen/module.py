@@ -19,7 +19,7 @@ from musegen.model import MuseNet, last_frame
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 
 class SquaredErrors(Metric):
@@ -76,6 +76,8 @@ class MuseModule(L.LightningModule):
         for name, p in (("cond_dropout", cond_dropout), ("ref_dropout", ref_dropout), ("context_dropout", context_dropout)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1], got {p}")
+        if net.get("skip_frames", 0) > context_frames:
+            raise ValueError(f"model.net.skip_frames ({net['skip_frames']}) must be <= model.context_frames ({context_frames})")
         self.save_hyperparameters()
         self.n_mfcc = int(features["n_mfcc"])
         self.feature_dim = self.n_mfcc + int(features["n_chroma"])

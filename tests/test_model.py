@@ -128,3 +128,20 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     args = (batch["context"], batch["context_mask"], batch["text"], batch["reference"])
     with torch.no_grad():
         assert torch.equal(m.predict_next(*args), loaded.predict_next(*args))
+
+
+def test_skip_path_needs_that_many_context_frames():
+    with pytest.raises(ValueError, match="skip_frames"):
+        make_module(net=dict(hidden=8, layers=1, cond_dim=4, skip_frames=20), context_frames=12)
+
+
+def test_linear_skip_path_alone_can_carry_the_prediction():
+    net = MuseNet(feature_dim=32, out_dim=32, text_dim=8, ref_dim=64, segment_frames=4, hidden=8, layers=1,
+                  cond_dim=4, skip_frames=3)
+    for p in net.head.parameters():
+        torch.nn.init.zeros_(p)
+    ctx, mask = torch.randn(2, 10, 32), torch.ones(2, 10, dtype=torch.bool)
+    cond = net.conditioning(torch.randn(2, 8), torch.randn(2, 64))
+    changed = ctx.clone()
+    changed[:, -2] += 1.0  # a frame only the skip path sees directly (the head is zero)
+    assert not torch.allclose(net(ctx, mask, cond), net(changed, mask, cond))
