@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from musegen.features import FeatureConfig
 from musegen.io import atomic_path
+from musegen.runtime import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +50,12 @@ def flush_denormal(threads: int | None = None) -> Iterator[None]:
     other way round. Both settings are restored afterwards (flush-denormal to its default, off:
     torch has no getter for it).
     """
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     try:
-        yield
+        with torch_threads(threads):
+            yield
     finally:
         torch.set_flush_denormal(False)
-        if threads:
-            torch.set_num_threads(before)
 
 
 def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only (no cycles 
     from musegen.features import FeatureConfig
     from musegen.export import ExportSettings
     from musegen.generation import Generator
-    from musegen.module import MuseModule
+    from musegen.predictor import NextSegment
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def skill(model_mse: float | torch.Tensor, persistence_mse: float | torch.Tensor
 
 @torch.inference_mode()
 def next_segment_skill(
-    module: MuseModule, data: MuseDataModule | Iterable[Mapping[str, torch.Tensor]],
+    module: NextSegment, data: MuseDataModule | Iterable[Mapping[str, torch.Tensor]],
 ) -> dict[str, float]:
     """Model vs persistence MSE on next-segment MFCC in normalised units, over every test window.
 
@@ -75,8 +75,6 @@ def next_segment_skill(
     (context, context_mask, target, text, reference). Normalised units weight every MFCC equally,
     as the training loss does; persistence repeats the last real context frame.
     """
-    from musegen.model import last_frame  # noqa: PLC0415
-
     batches = data.test_dataloader() if hasattr(data, "test_dataloader") else data
     m, dev = int(module.n_mfcc), _module_device(module)
     was_training = bool(getattr(module, "training", False))
@@ -89,7 +87,7 @@ def next_segment_skill(
             b = {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
             pred = module.predict_next(b["context"], b["context_mask"], b["text"], b["reference"])[..., :m]
             target = module.normalise(b["target"])[..., :m]
-            persist = last_frame(module.normalise(b["context"]), b["context_mask"])[:, None, :m].expand_as(target)
+            persist = module.persistence(b["context"], b["context_mask"])[..., :m]
             model_se += float(((pred - target) ** 2).double().sum())
             persist_se += float(((persist - target) ** 2).double().sum())
             count += target.numel()
@@ -102,11 +100,9 @@ def next_segment_skill(
     return {"skill": float(skill(mse, pmse)), "mse": mse, "persistence_mse": pmse, "values": count}
 
 
-def _ridge_arrays(module: MuseModule, batches: Iterable[Mapping[str, torch.Tensor]], frames: int) -> tuple[np.ndarray, ...]:
+def _ridge_arrays(module: NextSegment, batches: Iterable[Mapping[str, torch.Tensor]], frames: int) -> tuple[np.ndarray, ...]:
     """Inputs (the last `frames` normalised context frames, masked, and the text), next-segment MFCC
     targets and persistence predictions, all in normalised units."""
-    from musegen.model import last_frame  # noqa: PLC0415
-
     m, xs, ys, ps = int(module.n_mfcc), [], [], []
     with torch.no_grad():
         for b in batches:
@@ -115,11 +111,11 @@ def _ridge_arrays(module: MuseModule, batches: Iterable[Mapping[str, torch.Tenso
             target = module.normalise(b["target"])[..., :m]
             xs.append(torch.cat([ctx[:, -frames:].flatten(1), mask[:, -frames:].float(), b["text"]], 1))
             ys.append(target.flatten(1))
-            ps.append(last_frame(ctx, mask)[:, None, :m].expand_as(target).flatten(1))
+            ps.append(module.persistence(b["context"], mask)[..., :m].flatten(1))
     return tuple(torch.cat(a).double().numpy() for a in (xs, ys, ps))
 
 
-def linear_skill(module: MuseModule, train: Iterable[Mapping[str, torch.Tensor]],
+def linear_skill(module: NextSegment, train: Iterable[Mapping[str, torch.Tensor]],
                  test: Iterable[Mapping[str, torch.Tensor]], frames: int = 4, alpha: float = 100.0) -> float:
     """The linear baseline the BiGRU must beat: ridge regression from the last `frames` context frames
     and the text embedding to the next segment's MFCC, fit on `train` windows, skill on `test` windows

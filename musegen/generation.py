@@ -13,9 +13,10 @@ import torch
 from hydra.utils import instantiate
 from tqdm.auto import tqdm
 
-from musegen.checkpoint import CheckpointError, module_from_checkpoint
+from musegen.checkpoint import CheckpointError, load_predictor
 from musegen.features import FeatureConfig, extract_file
-from musegen.module import MuseModule
+from musegen.predictor import NextSegment
+from musegen.runtime import torch_threads
 from musegen.text import TextEncoder, is_null_text
 
 log = logging.getLogger(__name__)
@@ -47,17 +48,22 @@ def encoder_from_config(config: dict) -> TextEncoder:
 class Generator:
     """Generates feature frames from a trained module. Build it with `Generator.from_checkpoint`."""
 
-    def __init__(self, module: MuseModule, encoder: TextEncoder, device: str = "auto", max_duration: float = 600.0):
+    def __init__(self, module: NextSegment, encoder: TextEncoder, device: str = "auto", max_duration: float = 600.0,
+                 threads: int | None = None):
+        """``threads``: torch CPU threads while rolling out (None: leave torch's setting); see
+        musegen.runtime.torch_threads for why one is often the fastest."""
         self.device = resolve_device(device)
+        self.threads = threads
         self.module = module.to(self.device).eval()
         self.encoder = encoder
         self.features = FeatureConfig.from_dict(module.hparams.features)
         self.max_duration = max_duration
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", max_duration: float = 600.0) -> "Generator":
-        module = module_from_checkpoint(path)
-        return cls(module, encoder_from_config(module.hparams.text_encoder), device, max_duration)
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", max_duration: float = 600.0,
+                        threads: int | None = None) -> "Generator":
+        module = load_predictor(path)
+        return cls(module, encoder_from_config(module.hparams.text_encoder), device, max_duration, threads)
 
     # -- conditioning --------------------------------------------------------------------------
     def _text(self, prompt: str | None, lyrics: str | None) -> tuple[torch.Tensor | None, str]:
@@ -101,12 +107,15 @@ class Generator:
         start = time.perf_counter()
         text, text_used = self._text(prompt, lyrics)
         ref_frames, ref_embed = self._reference(audio)
-        frames = self._roll_out(text, ref_frames, ref_embed, self.num_frames(duration), guidance,
-                                temperature, seed, num_samples, progress)
+        conditioned = time.perf_counter()
+        with torch_threads(self.threads):
+            frames = self._roll_out(text, ref_frames, ref_embed, self.num_frames(duration), guidance,
+                                    temperature, seed, num_samples, progress)
         meta = {
             "prompt": prompt, "lyrics": lyrics, "text": text_used, "audio": str(audio) if audio else None,
             "duration": duration, "guidance": guidance, "temperature": temperature, "seed": seed,
             "num_samples": num_samples, "frames": int(frames.shape[1]),
+            "conditioning_seconds": conditioned - start,  # text encoder (loaded on first use), reference features
             "generation_seconds": time.perf_counter() - start,
         }
         return GenerationResult(frames=frames, features=self.features, metadata=meta)

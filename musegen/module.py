@@ -1,12 +1,14 @@
-"""The LightningModule: normalisation, conditioning dropout, loss, validation skill, optimiser.
+"""The LightningModule: conditioning dropout, loss, validation skill, optimiser, around the
+network and normalisation of musegen.predictor.NextSegment.
 
 Everything generation needs lives in this module's hyper-parameters and buffers, so a checkpoint
-alone rebuilds it (see musegen.generation).
+alone rebuilds it, as a musegen.predictor.Predictor, without Lightning.
 """
 from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -14,12 +16,11 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
+from musegen.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 from musegen.evaluation import skill
-from musegen.model import MuseNet, last_frame
+from musegen.predictor import NextSegment
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 2
 
 
 class SquaredErrors(Metric):
@@ -53,7 +54,7 @@ def warmup_cosine(total: int, warmup_fraction: float, floor: float = 0.05):
     return factor
 
 
-class MuseModule(L.LightningModule):
+class MuseModule(NextSegment, L.LightningModule):
     def __init__(
         self,
         net: dict,
@@ -79,35 +80,8 @@ class MuseModule(L.LightningModule):
         if net.get("skip_frames", 0) > context_frames:
             raise ValueError(f"model.net.skip_frames ({net['skip_frames']}) must be <= model.context_frames ({context_frames})")
         self.save_hyperparameters()
-        self.n_mfcc = int(features["n_mfcc"])
-        self.feature_dim = self.n_mfcc + int(features["n_chroma"])
-        self.out_dim = self.feature_dim if predict_chroma else self.n_mfcc
-        self.net = MuseNet(
-            feature_dim=self.feature_dim, out_dim=self.out_dim, text_dim=text_dim,
-            ref_dim=2 * self.feature_dim, segment_frames=segment_frames, **net,
-        )
-        self.register_buffer("mean", torch.zeros(self.feature_dim))
-        self.register_buffer("std", torch.ones(self.feature_dim))
-        self.register_buffer("resid_std", torch.ones(self.out_dim))
-        self.register_buffer("stats_ready", torch.tensor(False))
+        self.build_net(net, text_dim, features, segment_frames, predict_chroma)
         self.val_errors = SquaredErrors(self.out_dim)
-
-    # -- normalisation -------------------------------------------------------------------------
-    def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.mean.copy_(mean)
-        self.std.copy_(std)
-        self.stats_ready.fill_(True)
-
-    def normalise(self, frames: torch.Tensor) -> torch.Tensor:
-        return (frames - self.mean[: frames.shape[-1]]) / self.std[: frames.shape[-1]]
-
-    def denormalise(self, frames: torch.Tensor) -> torch.Tensor:
-        return frames * self.std[: frames.shape[-1]] + self.mean[: frames.shape[-1]]
-
-    def normalise_reference(self, reference: torch.Tensor) -> torch.Tensor:
-        """Reference = [mean over time, std over time] of raw frames -> normalised units."""
-        mean, std = reference.split(self.feature_dim, dim=-1)
-        return torch.cat([(mean - self.mean) / self.std, std / self.std], dim=-1)
 
     def setup(self, stage: str) -> None:
         """Take normalisation statistics from the datamodule's train split, unless already set
@@ -115,15 +89,6 @@ class MuseModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if not bool(self.stats_ready) and dm is not None and getattr(dm, "stats", None) is not None:
             self.set_stats(dm.stats["mean"].to(self.mean), dm.stats["std"].to(self.std))
-
-    # -- prediction ----------------------------------------------------------------------------
-    def predict_next(
-        self, context: torch.Tensor, mask: torch.Tensor, text: torch.Tensor, reference: torch.Tensor,
-        drop_text: torch.Tensor | None = None, drop_ref: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Normalised next segment [B, K, out_dim] from raw context/reference and a text embedding."""
-        cond = self.net.conditioning(text, self.normalise_reference(reference), drop_text, drop_ref)
-        return self.net(self.normalise(context), mask, cond)
 
     def _inputs(self, batch: dict[str, torch.Tensor], train: bool) -> tuple[torch.Tensor, ...]:
         mask = batch["context_mask"]
@@ -164,7 +129,7 @@ class MuseModule(L.LightningModule):
 
     def _eval_step(self, batch: dict[str, torch.Tensor], prefix: str) -> None:
         pred, target, mask = self._step(batch, train=False)
-        persist = last_frame(self.normalise(batch["context"]), mask)[:, None, : self.out_dim].expand_as(target)
+        persist = self.persistence(batch["context"], mask)
         self.val_errors.update(pred, persist, target)
         self.log(f"{prefix}/loss", self._loss(pred, target), prog_bar=True, sync_dist=True, batch_size=target.shape[0])
 
@@ -201,3 +166,12 @@ class MuseModule(L.LightningModule):
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, self.hparams.warmup_fraction))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def module_from_checkpoint(path: str | Path) -> MuseModule:
+    """Rebuild the trained LightningModule from a checkpoint file alone, in eval mode (to evaluate or
+    fine-tune it; generation needs only musegen.checkpoint.load_predictor)."""
+    ckpt = read_checkpoint(path)
+    module = MuseModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval()

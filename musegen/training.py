@@ -10,7 +10,8 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from musegen.checkpoint import AtomicCheckpointIO, RandomState, read_checkpoint
+from musegen.checkpoint import read_checkpoint
+from musegen.checkpoint_io import AtomicCheckpointIO, RandomState
 from musegen.sweep import job_devices
 
 log = logging.getLogger(__name__)

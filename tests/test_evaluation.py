@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pretty_midi
@@ -16,20 +17,23 @@ from musegen.evaluation import (
 )
 from musegen.features import FeatureConfig, extract
 from musegen.model import last_frame
+from musegen.predictor import NextSegment
 
 FEATS = FeatureConfig()
 SR = FEATS.sample_rate
 
 
 # ---------------------------------------------------------------------------- skill
-class RampModule:
-    """A stand-in module on ramp data (frame t = t * slope): `gain` 1 is the perfect predictor,
-    0 is persistence (repeat the last frame), 0.5 halfway (error 1/4 of persistence's)."""
+class RampModule(NextSegment):
+    """A stand-in predictor on ramp data (frame t = t * slope), with NextSegment's real persistence
+    baseline: `gain` 1 is the perfect predictor, 0 is persistence (repeat the last frame), 0.5
+    halfway (error 1/4 of persistence's)."""
 
     n_mfcc = 2
 
     def __init__(self, slope: torch.Tensor, segment: int, gain: float) -> None:
         self.slope, self.segment, self.gain = slope, segment, gain
+        self.out_dim, self.net = len(slope), SimpleNamespace(segment_frames=segment)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return x

@@ -1,5 +1,7 @@
 """Generation from a smoke checkpoint: the Python API, generate.py, and every bad input."""
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import music21
@@ -132,3 +134,21 @@ def test_generate_cli_prints_paths_and_reports_bad_input(tmp_path, smoke_run):
     unknown = run_script("generate.py", f"ckpt={smoke_run['ckpt']}", "durration=3", f"paths.root_dir={tmp_path}",
                          check=False)
     assert unknown.returncode != 0 and "durration" in unknown.stderr
+
+
+def test_rollout_threads_leave_frames_and_torch_settings_alone(generator, smoke_run):
+    threads = torch.get_num_threads()
+    one = Generator.from_checkpoint(smoke_run["ckpt"], device="cpu", threads=1)
+    frames = one.generate(prompt="calm piano melody", duration=1.0, seed=2).frames
+    assert torch.get_num_threads() == threads
+    np.testing.assert_allclose(frames, generator.generate(prompt="calm piano melody", duration=1.0, seed=2).frames,
+                               atol=1e-5)
+
+
+def test_generation_does_not_import_lightning(smoke_run):
+    """Lightning's import alone takes longer than generating 30 s of music: generate.py must not pay it."""
+    code = ("import sys; import generate; from musegen.generation import Generator; "
+            f"Generator.from_checkpoint({str(smoke_run['ckpt'])!r}, device='cpu').generate(duration=0.5); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning', 'torchmetrics'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

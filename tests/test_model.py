@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from musegen.checkpoint import module_from_checkpoint
+from musegen.checkpoint import load_predictor
 from musegen.model import MuseNet, last_frame
-from musegen.module import MuseModule
+from musegen.module import MuseModule, module_from_checkpoint
 
 FEATURES = dict(sample_rate=22050, n_mfcc=20, n_chroma=12, n_fft=2048, hop_length=512, n_mels=128)
 
@@ -124,10 +124,13 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     m.set_stats(torch.randn(32), torch.rand(32) + 0.5)
     path = tmp_path / "m.ckpt"
     torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams)}, path)
-    loaded = module_from_checkpoint(path)
+    loaded, predictor = module_from_checkpoint(path), load_predictor(path)  # training and inference classes
     args = (batch["context"], batch["context_mask"], batch["text"], batch["reference"])
     with torch.no_grad():
         assert torch.equal(m.predict_next(*args), loaded.predict_next(*args))
+        assert torch.equal(m.predict_next(*args), predictor.predict_next(*args))
+        assert torch.equal(m.persistence(*args[:2]), predictor.persistence(*args[:2]))
+    assert predictor.hparams.segment_frames == m.hparams.segment_frames
 
 
 def test_skip_path_needs_that_many_context_frames():

@@ -23,7 +23,8 @@ import torch
 import yaml
 
 from conftest import ROOT, run_script
-from musegen.checkpoint import AtomicCheckpointIO, CheckpointError, file_sha256, read_checkpoint
+from musegen.checkpoint import CheckpointError, file_sha256, read_checkpoint
+from musegen.checkpoint_io import AtomicCheckpointIO
 
 TRAIN = str(ROOT / "train.py")
 SMOKE = ["experiment=smoke", "trainer.max_epochs=1"]

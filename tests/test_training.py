@@ -5,7 +5,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import run_script
-from musegen.checkpoint import module_from_checkpoint
+from musegen.module import module_from_checkpoint
 
 
 def _events(run: Path) -> EventAccumulator:
