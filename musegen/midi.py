@@ -8,7 +8,7 @@ the spectral envelope. A monophonic transcription from those alone:
 - pitch class: each class credited with its 3rd and 5th harmonics (a fifth and a third above,
   which reedy timbres make the chroma argmax), then a Viterbi path over 12 classes + rest with a
   cost per change, so single noisy frames do not split notes;
-- onsets: spectral flux of the MFCC's log-mel envelope, peak-picked (librosa.util.peak_pick).
+- onsets: spectral flux of the MFCC's log-mel envelope, peak-picked (as librosa.util.peak_pick).
   A class change moves onto a flux peak up to ``snap_frames`` away (the 93 ms chroma window
   switches late); a flux peak inside one class starts a repeated note only if loudness jumps;
 - octave: chroma has none, the MFCC envelope has some (energy starts at the fundamental).
@@ -22,6 +22,7 @@ chroma-argmax-at-MFCC0-onsets transcription in the register scores 0.26 (0.68) o
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -127,11 +128,36 @@ def harmonic_chroma(chroma: np.ndarray, cfg: TranscriptionConfig) -> np.ndarray:
 
 
 def _onset_peaks(flux: np.ndarray, cfg: TranscriptionConfig) -> np.ndarray:
-    """Frame indices of flux peaks (librosa.util.peak_pick, threshold relative to the clip)."""
+    """Frame indices of flux peaks (threshold relative to the clip)."""
     if len(flux) < 3 or not np.any(flux > 0):
         return np.zeros(0, dtype=np.int64)
     norm = flux / max(float(flux.std()), 1e-8)
-    return librosa.util.peak_pick(norm, pre_max=2, post_max=2, pre_avg=3, post_avg=3, delta=cfg.onset_delta, wait=2)
+    return peak_pick(norm, pre_max=2, post_max=2, pre_avg=3, post_avg=3, delta=cfg.onset_delta, wait=2)
+
+
+def peak_pick(x: np.ndarray, pre_max: int, post_max: int, pre_avg: int, post_avg: int, delta: float,
+              wait: int) -> np.ndarray:
+    """The peaks librosa.util.peak_pick finds in 1-D ``x``, in numpy.
+
+    librosa's version is a numba kernel whose first call in a process imports numba and loads
+    the compiled code, over a second; generation calls this once per sample. Frame n is a peak
+    when it is the maximum of x[n - pre_max : n + post_max], at least ``delta`` above the mean of
+    x[n - pre_avg : n + post_avg] (windows cut at the edges), and more than ``wait`` frames after
+    the previous peak.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    padded = np.pad(x, (pre_max, post_max - 1), constant_values=-np.inf)
+    local_max = np.lib.stride_tricks.sliding_window_view(padded, pre_max + post_max).max(axis=-1)
+    csum = np.concatenate([[0.0], np.cumsum(x)])
+    lo, hi = np.maximum(np.arange(n) - pre_avg, 0), np.minimum(np.arange(n) + post_avg, n)
+    local_mean = (csum[hi] - csum[lo]) / (hi - lo)
+    candidates = np.flatnonzero((x == local_max) & (x >= local_mean + float(np.float32(delta))))
+    peaks: list[int] = []
+    for i in candidates:
+        if not peaks or i > peaks[-1] + wait:
+            peaks.append(int(i))
+    return np.asarray(peaks, dtype=np.int64)
 
 
 def _rises(loud: np.ndarray, t: int, rise_db: float) -> bool:
@@ -154,8 +180,10 @@ def _segments(
     T = len(labels)
     used: set[int] = set()
     changes = [t for t in range(T) if path[t] >= 0 and (t == 0 or path[t - 1] != path[t])]
+    ordered = sorted(int(p) for p in peaks)
     for t in changes:
-        near = [int(p) for p in peaks if abs(int(p) - t) <= cfg.snap_frames and int(p) not in used]
+        window = ordered[bisect_left(ordered, t - cfg.snap_frames):bisect_right(ordered, t + cfg.snap_frames)]
+        near = [p for p in window if p not in used]
         if not near:
             continue
         p = min(near, key=lambda q: (abs(q - t), q))

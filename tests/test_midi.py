@@ -122,3 +122,18 @@ def test_empty_and_bad_input(tmp_path):
         midi.write_midi([(0.0, 1.0, 60, 80)], tmp_path / "x.mid", instrument="theremin")
     with pytest.raises(ValueError, match="tempo"):
         midi.write_midi([(0.0, 1.0, 60, 80)], tmp_path / "x.mid", tempo_bpm=0)
+
+
+@pytest.mark.parametrize("params", [(2, 2, 3, 3, 0.5, 2), (1, 1, 1, 1, 0.0, 0), (3, 1, 5, 2, 1.2, 4)])
+def test_peak_pick_finds_librosas_peaks(params):
+    import librosa
+
+    pre_max, post_max, pre_avg, post_avg, delta, wait = params
+    rng = np.random.default_rng(0)
+    signals = [rng.normal(size=400), np.abs(rng.normal(size=50)).cumsum() % 3.0, np.zeros(30), np.arange(20.0)]
+    for x in signals:
+        ours = midi.peak_pick(x, pre_max, post_max, pre_avg, post_avg, delta, wait)
+        theirs = librosa.util.peak_pick(x, pre_max=pre_max, post_max=post_max, pre_avg=pre_avg,
+                                        post_avg=post_avg, delta=delta, wait=wait)
+        np.testing.assert_array_equal(ours, theirs)
+    assert len(midi.peak_pick(signals[0], *params)) > 10  # the random signal has peaks to find
