@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 
 from musegen.audio import Synthesizer, finalize, write_audio
 from musegen.features import FeatureConfig
-from musegen.instruments import find_instrument
+from musegen.instruments import Instrument, find_instrument
 from musegen.io import write_json
 from musegen.midi import render_midi, transcribe
 
@@ -72,15 +73,12 @@ def export_sample(
     start = time.perf_counter()
     samples = int(round(duration * features.sample_rate))
     y = synthesize(frames, features, synth, samples, settings, register)
-    paths = {p.suffix.lstrip("."): str(p) for p in write_audio(y, stem, features.sample_rate, settings.formats)}
-    if settings.midi:
-        name = instrument.name if instrument else None
-        mid = transcribe(frames, features, name, stem.with_suffix(".mid"), tempo_bpm=settings.tempo_bpm)
-        paths["mid"] = str(mid)
-        if settings.render_midi:
-            rendition = finalize(render_midi(mid, features.sample_rate, name), features.sample_rate, settings.peak_db)
-            paths["midi.wav"] = str(write_audio(rendition, stem.with_name(stem.name + ".midi"),
-                                                features.sample_rate, ("wav",))[0])
+    # the audio files (MP3 encoding is the slow part, in C without the GIL) are written beside the MIDI work
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        audio_files = pool.submit(write_audio, y, stem, features.sample_rate, settings.formats)
+        midi_files = _write_midi(frames, features, stem, instrument, settings) if settings.midi else {}
+        paths = {p.suffix.lstrip("."): str(p) for p in audio_files.result()}
+    paths.update(midi_files)
     sidecar = stem.with_suffix(".json")
     write_json(sidecar, {
         **(metadata or {}), "instrument": instrument.name if instrument else None, "files": paths,
@@ -91,13 +89,29 @@ def export_sample(
     return paths
 
 
+def _write_midi(frames: np.ndarray, features: FeatureConfig, stem: Path, instrument: Instrument | None,
+                settings: ExportSettings) -> dict[str, str]:
+    """The transcription as .mid and, with settings.render_midi, its FluidSynth rendition as .midi.wav."""
+    name = instrument.name if instrument else None
+    mid = transcribe(frames, features, name, stem.with_suffix(".mid"), tempo_bpm=settings.tempo_bpm)
+    paths = {"mid": str(mid)}
+    if settings.render_midi:
+        rendition = finalize(render_midi(mid, features.sample_rate, name), features.sample_rate, settings.peak_db)
+        paths["midi.wav"] = str(write_audio(rendition, stem.with_name(stem.name + ".midi"),
+                                            features.sample_rate, ("wav",))[0])
+    return paths
+
+
 def generate_files(cfg: Any) -> list[dict[str, str]]:
     """generate.py's work: load, validate and generate before writing anything; then write each sample."""
     from musegen.checkpoint import file_sha256
     from musegen.generation import Generator
     from musegen.text import write_lyrics
 
-    gen = Generator.from_checkpoint(cfg.ckpt, device=cfg.device, max_duration=cfg.max_duration)
+    start = time.perf_counter()
+    gen = Generator.from_checkpoint(cfg.ckpt, device=cfg.device, max_duration=cfg.max_duration,
+                                   threads=cfg.threads)
+    loaded = time.perf_counter()
     lyrics = cfg.lyrics
     if cfg.lyrics_from_prompt:
         lyrics = write_lyrics(cfg.prompt or "", model=cfg.lyrics_model,
@@ -108,7 +122,7 @@ def generate_files(cfg: Any) -> list[dict[str, str]]:
     settings = ExportSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.export.items()})
     synth = Synthesizer(result.features, **cfg.synth)
     meta = {**result.metadata, "checkpoint": str(cfg.ckpt), "checkpoint_sha256": file_sha256(cfg.ckpt),
-            "versions": _versions()}
+            "load_seconds": loaded - start, "versions": _versions()}
     written = []
     for i, frames in enumerate(result.frames):
         base = f"{slug(cfg.prompt or lyrics or 'unconditional')}-s{cfg.seed}" + (f"-{i}" if cfg.num_samples > 1 else "")

@@ -1,10 +1,12 @@
 """Checkpoint -> feature frames of any length, segment by segment, with classifier-free guidance."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +40,20 @@ def resolve_device(device: str) -> torch.device:
 
 
 def encoder_from_config(config: dict) -> TextEncoder:
-    """Rebuild the checkpoint's text encoder; only musegen's own encoder classes may be named."""
+    """Rebuild the checkpoint's text encoder; only musegen's own encoder classes may be named.
+
+    The process keeps the last two encoders built, so later generations in one process (a Hydra
+    multirun over prompts, a notebook, a service) do not load the text model again.
+    """
     target = str(config.get("_target_", ""))
     if not target.startswith(_ENCODER_NAMESPACE):
         raise CheckpointError(f"checkpoint names text encoder {target!r}, outside {_ENCODER_NAMESPACE}*")
-    return instantiate(config)
+    return _encoder(json.dumps(dict(config), sort_keys=True, default=str))
+
+
+@lru_cache(maxsize=2)
+def _encoder(config_json: str) -> TextEncoder:
+    return instantiate(json.loads(config_json))
 
 
 class Generator:
@@ -137,13 +148,11 @@ class Generator:
         m = self.module
         rng = torch.Generator(device=self.device).manual_seed(seed)
         context, mask = self._initial_context(ref_frames, n)
-        text_b = (text if text is not None else torch.zeros(1, m.net.null_text.numel(), device=self.device)).expand(n, -1)
-        ref_b = (ref_embed if ref_embed is not None else torch.zeros(2 * m.feature_dim, device=self.device)).expand(n, -1)
-        drop_ref = torch.full((n,), ref_embed is None, device=self.device)
+        cond = self._conditioning(text, ref_embed, n)
         out: list[torch.Tensor] = []
         steps = math.ceil(total / m.hparams.segment_frames)
         for _ in tqdm(range(steps), desc="generating", unit="segment", disable=not progress):
-            pred = self._guided(context, mask, text_b, ref_b, drop_ref, text is not None, guidance)
+            pred = self._guided(context, mask, cond, guidance)
             pred = pred + temperature * m.resid_std * torch.randn(pred.shape, generator=rng, device=self.device)
             new = self._to_frames(pred)
             out.append(new)
@@ -151,17 +160,26 @@ class Generator:
             mask = torch.cat([mask, torch.ones(new.shape[:2], dtype=torch.bool, device=self.device)], 1)[:, -mask.shape[1]:]
         return torch.cat(out, dim=1)[:, :total].float().cpu().numpy()
 
-    def _guided(self, context, mask, text, ref, drop_ref, has_text: bool, guidance: float) -> torch.Tensor:
+    def _conditioning(self, text: torch.Tensor | None, ref_embed: torch.Tensor | None, n: int) -> torch.Tensor:
+        """The conditioning vectors, the same at every step: n rows without text; with text, 2n rows,
+        the n conditional ones then the n with the null text that guidance contrasts them with."""
+        m = self.module
+        text_b = (text if text is not None else torch.zeros(1, m.net.null_text.numel(), device=self.device)).expand(n, -1)
+        ref_b = (ref_embed if ref_embed is not None else torch.zeros(2 * m.feature_dim, device=self.device)).expand(n, -1)
+        drop_ref = torch.full((n,), ref_embed is None, device=self.device)
+        if text is None:
+            return m.conditioning(text_b, ref_b, torch.ones(n, dtype=torch.bool, device=self.device), drop_ref)
+        drop_text = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(self.device)
+        return m.conditioning(text_b.repeat(2, 1), ref_b.repeat(2, 1), drop_text, drop_ref.repeat(2))
+
+    def _guided(self, context: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
         """out = uncond + guidance * (cond - uncond), both halves in one batched forward."""
         n = context.shape[0]
-        if not has_text:
-            return self.module.predict_next(context, mask, text, ref, torch.ones(n, dtype=torch.bool, device=self.device), drop_ref)
-        drop_text = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(self.device)
-        both = self.module.predict_next(
-            context.repeat(2, 1, 1), mask.repeat(2, 1), text.repeat(2, 1), ref.repeat(2, 1), drop_text, drop_ref.repeat(2),
-        )
-        cond, uncond = both[:n], both[n:]
-        return uncond + guidance * (cond - uncond)
+        if cond.shape[0] == n:
+            return self.module.predict_with(context, mask, cond)
+        both = self.module.predict_with(context.repeat(2, 1, 1), mask.repeat(2, 1), cond)
+        conditional, unconditional = both[:n], both[n:]
+        return unconditional + guidance * (conditional - unconditional)
 
     def _to_frames(self, pred: torch.Tensor) -> torch.Tensor:
         """Normalised prediction -> raw frames [n, K, F]; chroma kept in [0, 1]; missing chroma = train mean."""

@@ -68,13 +68,24 @@ class NextSegment:
         mean, std = reference.split(self.feature_dim, dim=-1)
         return torch.cat([(mean - self.mean) / self.std, std / self.std], dim=-1)
 
+    def conditioning(
+        self, text: torch.Tensor, reference: torch.Tensor,
+        drop_text: torch.Tensor | None = None, drop_ref: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[B, 2 * cond_dim] from a text embedding and a raw reference; null vectors where dropped."""
+        return self.net.conditioning(text, self.normalise_reference(reference), drop_text, drop_ref)
+
+    def predict_with(self, context: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Normalised next segment [B, K, out_dim] from raw context and a conditioning vector (a
+        rollout computes that once and reuses it at every step)."""
+        return self.net(self.normalise(context), mask, cond)
+
     def predict_next(
         self, context: torch.Tensor, mask: torch.Tensor, text: torch.Tensor, reference: torch.Tensor,
         drop_text: torch.Tensor | None = None, drop_ref: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Normalised next segment [B, K, out_dim] from raw context/reference and a text embedding."""
-        cond = self.net.conditioning(text, self.normalise_reference(reference), drop_text, drop_ref)
-        return self.net(self.normalise(context), mask, cond)
+        return self.predict_with(context, mask, self.conditioning(text, reference, drop_text, drop_ref))
 
     def persistence(self, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The baseline skill is measured against: the last real context frame repeated over the

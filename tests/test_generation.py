@@ -152,3 +152,9 @@ def test_generation_does_not_import_lightning(smoke_run):
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning', 'torchmetrics'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_generators_in_one_process_share_the_loaded_text_encoder(generator, smoke_run):
+    again = Generator.from_checkpoint(smoke_run["ckpt"], device="cpu")
+    assert again.encoder is generator.encoder and again.module is not generator.module
+    assert torch.equal(again.encoder.encode(["calm piano melody"]), generator.encoder.encode(["calm piano melody"]))
