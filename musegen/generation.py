@@ -113,7 +113,8 @@ class Generator:
         num_samples: int = 1, progress: bool = False,
     ) -> GenerationResult:
         """Frames for `duration` seconds: continue `audio` when given, else start from nothing,
-        steered by the prompt/lyrics with classifier-free guidance (0 = conditional model only)."""
+        steered by the prompt/lyrics with classifier-free guidance: uncond + guidance * (cond - uncond),
+        so 0 ignores the text, 1 is the conditional model and larger values push further towards it."""
         self._check(duration, guidance, temperature, num_samples)
         start = time.perf_counter()
         text, text_used = self._text(prompt, lyrics)

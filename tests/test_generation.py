@@ -158,3 +158,12 @@ def test_generators_in_one_process_share_the_loaded_text_encoder(generator, smok
     again = Generator.from_checkpoint(smoke_run["ckpt"], device="cpu")
     assert again.encoder is generator.encoder and again.module is not generator.module
     assert torch.equal(again.encoder.encode(["calm piano melody"]), generator.encoder.encode(["calm piano melody"]))
+
+
+def test_guidance_zero_ignores_the_text_and_one_is_the_conditional_model(generator):
+    kw = dict(duration=1.0, seed=1)
+    piano, violin = (generator.generate(prompt=p, guidance=0.0, **kw).frames for p in ("calm piano", "fast violin"))
+    np.testing.assert_array_equal(piano, violin)  # uncond + 0 * (cond - uncond)
+    # as with no prompt at all (a batch of one instead of two: float rounding only)
+    np.testing.assert_allclose(piano, generator.generate(prompt=None, **kw).frames, rtol=1e-4, atol=1e-3)
+    assert not np.allclose(generator.generate(prompt="calm piano", guidance=1.0, **kw).frames, piano)
