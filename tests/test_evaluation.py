@@ -198,7 +198,7 @@ def test_evaluate_py_end_to_end(tmp_path, smoke_run):
 
     out_dir = tmp_path / "eval"
     out = run_script("evaluate.py", f"ckpt={smoke_run['ckpt']}", f"hydra.run.dir={out_dir}", "num_prompts=1",
-                     "seconds=1", "max_test_clips=2", "max_labels=2", "rtf.duration=1",
+                     "seconds=1", "max_test_clips=2", "max_labels=2", "rtf.duration=1", "rtf.repeats=2",
                      "write_samples=false")
     results = json.loads((out_dir / "metrics.json").read_text())
     assert set(results["metrics"]) == set(METRICS)
@@ -211,7 +211,7 @@ def test_evaluate_py_end_to_end(tmp_path, smoke_run):
     assert len(results["metrics"]["prompt_adherence"]["details"]["labels"]) == 2
     assert results["data"]["config_from"].endswith(".hydra/config.yaml")
     assert "prompt_adherence" in out.stdout and "metrics.json" in out.stdout
-    assert (out_dir / "rtf").is_dir()
+    assert (out_dir / "rtf").is_dir() and len(results["metrics"]["rtf"]["details"]["wall_seconds"]) == 2
 
 
 def test_linear_baseline_learns_a_linear_continuation():
