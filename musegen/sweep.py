@@ -43,8 +43,9 @@ class SweepSummary(Callback):
             "metric": OmegaConf.select(config, "optimized_metric"), "direction": direction,
             "trials": trials, "best": best,
         })
-        log.info("sweep summary: %d trials, best %s -> %s", len(trials),
-                 best and best["overrides"], best and best["value"])
+        completed = sum(t["status"] == JobStatus.COMPLETED.name for t in trials)
+        log.info("sweep summary: %d trials, %d completed%s", len(trials), completed,
+                 f"; best {best['overrides']} -> {best['value']}" if best else "")
 
 
 def _float(value: Any) -> float | None:
