@@ -63,6 +63,10 @@ def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     return t.to(dtype=torch.float32, device="cpu")
 
 
+def _numpy(y: torch.Tensor) -> np.ndarray:
+    return y.cpu().numpy().astype(np.float32)
+
+
 def _check_shape(x: torch.Tensor, dim: int, name: str) -> None:
     """Fail fast, naming the argument: [T, dim] or [B, T, dim] with T >= 2 and finite values."""
     if x.ndim not in (2, 3) or x.shape[-1] != dim:
@@ -210,17 +214,11 @@ class Synthesizer:
         length = m.shape[-2] * self.features.hop_length
         with torch.no_grad(), flush_denormal(self.threads):
             y = self.griffin_lim(self.mel_to_magnitude(self.mfcc_to_mel(m)), length)
-        return y.cpu().numpy().astype(np.float32)
+        return _numpy(y)
 
     def harmonic(self, frames: torch.Tensor | np.ndarray, register: int = 60) -> np.ndarray:
         """[.., T, 32] frames -> [.., T * hop] additive resynthesis sounding the chroma's dominant pitches."""
-        f = _as_tensor(frames).to(self.device)
-        _check_shape(f, self.features.dim, "frames")
-        n = self.features.n_mfcc
-        with torch.no_grad(), flush_denormal(self.threads):
-            mag = self.mel_to_magnitude(self.mfcc_to_mel(f[..., :n]))
-            y = _additive(f[..., n:], mag, register, self.features)
-        return y.cpu().numpy().astype(np.float32)
+        return self.render(frames, mode="harmonic", register=register)
 
     def render(
         self,
@@ -232,15 +230,16 @@ class Synthesizer:
         """[.., T, 32] frames -> [.., T * hop] audio; ``mode`` picks timbre (mfcc), pitch (harmonic) or both (mix)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        f = _as_tensor(frames)
+        f = _as_tensor(frames).to(self.device)
         _check_shape(f, self.features.dim, "frames")
-        if mode == "mfcc":
-            return self.mfcc_to_audio(f[..., : self.features.n_mfcc])
-        harm = self.harmonic(f, register)
-        if mode == "harmonic":
-            return harm
-        inv = self.mfcc_to_audio(f[..., : self.features.n_mfcc])
-        return _balance(harm, inv, harmonic_weight)
+        n = self.features.n_mfcc
+        with torch.no_grad(), flush_denormal(self.threads):
+            mag = self.mel_to_magnitude(self.mfcc_to_mel(f[..., :n]))  # once, for both renderings
+            harm = None if mode == "mfcc" else _additive(f[..., n:], mag, register, self.features)
+            inv = None if mode == "harmonic" else self.griffin_lim(mag, f.shape[-2] * self.features.hop_length)
+        if mode != "mix":
+            return _numpy(inv if harm is None else harm)
+        return _balance(_numpy(harm), _numpy(inv), harmonic_weight)
 
 
 
