@@ -6,19 +6,28 @@ STAMP := $(VENV)/.musegen-installed
 DEMO_DIR := outputs/demo/make-demo
 DEMO_CKPT := $(DEMO_DIR)/checkpoints/last.ckpt
 DEMO_OUT := outputs/demo/make-demo/generated
+VOC_DIR := outputs/vocoder_demo/make-demo
+VOC_CKPT := $(VOC_DIR)/checkpoints/last.ckpt
 
 .PHONY: setup demo test bench clean-demo system-deps
 
 setup: $(STAMP)
 
+# FluidSynth renders the demo set (required). Debian's sonic-pi-samples (165 FLAC one-shots and loops
+# in /usr/share/sonic-pi/samples) are the real recordings tests/test_recordings.py trains on; without
+# apt those tests are skipped and say why.
 system-deps:
-	@if ! ldconfig -p | grep -q libfluidsynth; then \
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); updated=; \
+	apt_install() { [ -n "$$updated" ] || $$SUDO apt-get update -qq; updated=1; $$SUDO apt-get install -y -qq "$$@"; }; \
+	if ! ldconfig -p | grep -q libfluidsynth; then \
 	  echo "installing FluidSynth (needed to render the demo set)"; \
 	  if command -v apt-get >/dev/null; then \
-	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libfluidsynth3 || \
-	    $$SUDO apt-get install -y -qq fluidsynth; \
+	    apt_install libfluidsynth3 || apt_install fluidsynth || exit 1; \
 	  else echo "please install libfluidsynth (FluidSynth) with your system's package manager"; exit 1; fi; \
+	fi; \
+	if command -v apt-get >/dev/null && ! dpkg -s sonic-pi-samples >/dev/null 2>&1; then \
+	  echo "installing sonic-pi-samples (real recordings for tests/test_recordings.py)"; \
+	  apt_install sonic-pi-samples || echo "sonic-pi-samples not installed: tests/test_recordings.py will be skipped"; \
 	fi
 
 $(STAMP): pyproject.toml | system-deps
@@ -32,14 +41,20 @@ $(STAMP): pyproject.toml | system-deps
 demo: setup
 	@if [ -f $(DEMO_DIR)/.trained ]; then echo "demo model already trained: $(DEMO_CKPT)"; else \
 	  $(PY) train.py experiment=demo run_name=make-demo resume=auto && touch $(DEMO_DIR)/.trained; fi
+	@if [ -f $(VOC_DIR)/.trained ]; then echo "demo vocoder already trained: $(VOC_CKPT)"; else \
+	  $(PY) train.py experiment=vocoder_demo run_name=make-demo resume=auto && touch $(VOC_DIR)/.trained; fi
 	@if [ -f $(DEMO_OUT)/calm-piano-melody-s0.wav ]; then echo "demo sample already generated"; else \
 	  $(PY) generate.py ckpt=$(DEMO_CKPT) prompt="calm piano melody" duration=20 seed=0 out=$(DEMO_OUT); fi
+	@if [ -f $(DEMO_OUT)/vocoder/calm-piano-melody-s0.wav ]; then echo "vocoded demo sample already generated"; else \
+	  $(PY) generate.py ckpt=$(DEMO_CKPT) prompt="calm piano melody" duration=20 seed=0 out=$(DEMO_OUT)/vocoder \
+	    vocoder=$(VOC_CKPT); fi
 	@echo
-	@echo "samples:     $(DEMO_OUT)"
-	@echo "checkpoints: $(DEMO_DIR)/checkpoints"
-	@echo "tensorboard: $(VENV)/bin/tensorboard --logdir $(DEMO_DIR)/tensorboard"
+	@echo "samples:     $(DEMO_OUT) (analytic synthesis), $(DEMO_OUT)/vocoder (the demo vocoder)"
+	@echo "checkpoints: $(DEMO_DIR)/checkpoints, $(VOC_DIR)/checkpoints"
+	@echo "tensorboard: $(VENV)/bin/tensorboard --logdir outputs"
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 bench: setup
@@ -47,4 +62,4 @@ bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b | tee bench/results/$$(basename $$b .py).json; done
 
 clean-demo:
-	rm -rf $(DEMO_DIR)
+	rm -rf $(DEMO_DIR) $(VOC_DIR)

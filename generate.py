@@ -2,25 +2,17 @@
 
     python generate.py ckpt=outputs/demo/RUN/checkpoints/last.ckpt prompt="calm piano melody" duration=30
 """
-import logging
-
 import hydra
 from omegaconf import DictConfig
 
-from musegen.checkpoint import CheckpointError
-from musegen.export import generate_files
-from musegen.features import AudioError
-from musegen.text import TextModelUnavailable
-
-log = logging.getLogger("generate")
+from musegen.apps.errors import user_errors
+from musegen.apps.generate import generate_files
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors("generate.py"):
         written = generate_files(cfg)
-    except (CheckpointError, AudioError, TextModelUnavailable, ValueError) as err:
-        raise SystemExit(f"generate.py: {err}") from None
     for sample in written:
         for kind, path in sample.items():
             print(f"{kind:>9}: {path}")

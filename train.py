@@ -6,14 +6,17 @@
     python train.py -m hparams_search=optuna # an Optuna sweep
 """
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from musegen.training import train
+from musegen.apps.errors import user_errors
+from musegen.apps.train import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+    with user_errors("train.py", HydraConfig.get().runtime.output_dir, stop_at=cfg.paths.log_dir):
+        return train(cfg)
 
 
 if __name__ == "__main__":

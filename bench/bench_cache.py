@@ -28,7 +28,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from musegen.data.cache import build_cache, load_cache
+from musegen.data.build import build_cache
+from musegen.data.cache import load_cache
 from musegen.data.clips import Clip
 from musegen.features import FeatureConfig
 

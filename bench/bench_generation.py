@@ -21,27 +21,26 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf, open_dict
+from hydra.utils import instantiate
+from omegaconf import open_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
-from musegen.evaluation import measure_rtf, rtf  # noqa: E402
-from musegen.module import MuseModule  # noqa: E402
+from musegen.apps.evaluate import measure_rtf  # noqa: E402
+from musegen.eval.metrics import rtf  # noqa: E402
 from musegen.text import SentenceEncoder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def demo_checkpoint(path: Path) -> Path:
-    """A checkpoint of the demo model (conf/model/small.yaml), as train.py would write it."""
+def demo_checkpoint(path: Path, head: str) -> Path:
+    """A checkpoint of the demo model (conf/model/small.yaml) with `head`, built as train.py builds it;
+    a head that learns from data first (a codebook) learns from random frames."""
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=demo"])
-    args = OmegaConf.to_container(cfg.model, resolve=False)
-    args.pop("_target_")
-    encoder = SentenceEncoder()
-    module = MuseModule(**args, text_dim=encoder.dim, features=OmegaConf.to_container(cfg.features),
-                        text_encoder=encoder.config())
+        cfg = compose("train", overrides=["experiment=demo", f"model/head={head}", "paths.output_dir=."])
+    module = instantiate(cfg.model, text_dim=SentenceEncoder().dim)
+    module.model.head.prepare(torch.randn(4096, module.model.feature_dim))
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     return path
 
@@ -78,12 +77,13 @@ def median_of(runs: list[dict[str, float]], key: str) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--ckpt", type=Path)
+    p.add_argument("--head", default="mse", help="the head of the fresh demo model when no --ckpt is given")
     p.add_argument("--duration", type=float, default=30.0)
     p.add_argument("--repeats", type=int, default=7, help="timed calls after the first")
     args = p.parse_args()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = args.ckpt or demo_checkpoint(Path(tmp) / "demo.ckpt")
+        ckpt = args.ckpt or demo_checkpoint(Path(tmp) / "demo.ckpt", args.head)
         for i in range(args.repeats + 1):
             out = Path(tmp) / f"out{i}"
             runs.append({**measure_rtf(generate_cfg(ckpt, out, args.duration)), **stages(out)})
@@ -92,7 +92,7 @@ def main() -> None:
     print(json.dumps({
         "what": "generation_rtf", "machine": machine(),
         "settings": {"duration_s": args.duration, "repeats": args.repeats,
-                     "checkpoint": str(args.ckpt or "demo model, fresh weights"),
+                     "checkpoint": str(args.ckpt or f"demo model, fresh weights, head {args.head}"),
                      "files": "wav, mp3, mid, midi.wav, json", "synthesis": "mix"},
         "figures": {
             "rtf_median": round(rtf(args.duration, statistics.median(r["wall_seconds"] for r in warm)), 2),

@@ -30,16 +30,22 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cache import HashEncoder, make_clips, timed_build  # noqa: E402
 
+from musegen.data.build import build_cache  # noqa: E402
 from musegen.data.cache import (  # noqa: E402
-    FRAMES_FILE, MARKER, META_FILE, REPORT_FILE, TEXT_FILE, build_cache, load_cache,
+    FRAMES_FILE,
+    META_FILE,
+    REPORT_FILE,
+    TEXT_FILE,
+    load_cache,
+    write_marker,
 )
-from musegen.data.datamodule import clip_references, frame_stats, window_index  # noqa: E402
+from musegen.data.datamodule import clip_references, frame_stats  # noqa: E402
+from musegen.data.windows import window_index  # noqa: E402
 from musegen.features import FeatureConfig  # noqa: E402
 from musegen.io import write_json  # noqa: E402
 
@@ -114,7 +120,7 @@ def tile_cache(src: Path, dst: Path, n: int) -> Path:
                      for k, i in enumerate(pick)]
     write_json(dst / META_FILE, meta)
     write_json(dst / REPORT_FILE, {})
-    (dst / MARKER).write_text("{}")
+    write_marker(dst, meta["key"])
     return dst
 
 

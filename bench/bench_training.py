@@ -41,9 +41,10 @@ class Windows(Dataset):
 
 
 def make_module(args) -> MuseModule:
-    net = dict(hidden=args.hidden, layers=args.layers, dropout=0.1, cond_dim=64, fusion="film")
-    return MuseModule(net=net, text_dim=384, features=FEATURES, context_frames=args.context,
-                      segment_frames=args.segment)
+    head = {"_target_": "musegen.model.heads.MSEHead", "hidden": 2 * args.hidden, "dropout": 0.1}
+    return MuseModule(features=FEATURES, text_encoder={"_target_": "musegen.text.SentenceEncoder"}, text_dim=384,
+                      backbone=dict(hidden=args.hidden, layers=args.layers, dropout=0.1, fusion="film"), head=head,
+                      context_frames=args.context, segment_frames=args.segment)
 
 
 def bare(args, loader) -> float:
@@ -52,13 +53,14 @@ def bare(args, loader) -> float:
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     start, n = time.perf_counter(), 0
     for batch in loader:
-        pred, target, _ = m._step(batch, train=True)
-        loss = m._loss(pred, target)
+        mask, drop_text, drop_ref = m.dropout(batch["context_mask"])  # what training_step does, minus logging
+        cond = m.model.condition(batch["text"], batch["reference"], drop_text, drop_ref)
+        loss = m.model.loss(batch["context"], mask, cond, batch["target"])["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
         opt.step()
-        n += len(target)
+        n += len(batch["target"])
     return n / (time.perf_counter() - start)
 
 

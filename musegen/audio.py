@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
 
 import librosa
 import numpy as np
-import scipy.fft
 import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from musegen.dsp import idct_matrix, midi_to_hz, nearest_pitch
 from musegen.features import FeatureConfig
 from musegen.io import atomic_path
 from musegen.runtime import torch_threads
@@ -58,16 +57,16 @@ def flush_denormal(threads: int | None = None) -> Iterator[None]:
         torch.set_flush_denormal(False)
 
 
-def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+def as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
     return t.to(dtype=torch.float32, device="cpu")
 
 
-def _numpy(y: torch.Tensor) -> np.ndarray:
+def to_numpy(y: torch.Tensor) -> np.ndarray:
     return y.cpu().numpy().astype(np.float32)
 
 
-def _check_shape(x: torch.Tensor, dim: int, name: str) -> None:
+def check_frames(x: torch.Tensor, dim: int, name: str) -> None:
     """Fail fast, naming the argument: [T, dim] or [B, T, dim] with T >= 2 and finite values."""
     if x.ndim not in (2, 3) or x.shape[-1] != dim:
         raise ValueError(f"{name} must be [T, {dim}] or [B, T, {dim}], got {tuple(x.shape)}")
@@ -80,42 +79,32 @@ def _check_shape(x: torch.Tensor, dim: int, name: str) -> None:
 class Synthesizer:
     """Frames -> audio; the mel pseudo-inverse, DCT and window are built once, in __init__.
 
-    ``n_iter``/``momentum`` are Griffin-Lim's (librosa's defaults). ``seed`` fixes the random
-    starting phase, so the same frames always give the same samples. ``nnls_iter`` adds
-    projected-gradient refinements of the mel inverse (off: the clamped pseudo-inverse is already
-    as good as librosa's NNLS here). ``threads`` sets torch's thread count while synthesising
-    (None: leave it); see flush_denormal.
+    ``n_iter``/``momentum`` are Griffin-Lim's. ``harmonic_weight`` is the harmonic rendering's share
+    of ``mix``. ``seed`` fixes the random starting phase, so the same frames always give the same
+    samples. ``threads`` sets torch's thread count while synthesising (None: leave it); see
+    flush_denormal. ``device``: where its tensors live (the vocoder's training runs it on a GPU).
     """
 
-    def __init__(
-        self,
-        features: FeatureConfig,
-        n_iter: int = 32,
-        momentum: float = 0.99,
-        device: str = "cpu",
-        nnls_iter: int = 0,
-        seed: int = 0,
-        threads: int | None = None,
-    ) -> None:
+    def __init__(self, features: FeatureConfig, n_iter: int = 32, momentum: float = 0.99,
+                 harmonic_weight: float = 0.6, seed: int = 0, threads: int | None = None,
+                 device: str | torch.device = "cpu") -> None:
         if n_iter < 1:
-            raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+            raise ValueError(f"synth.n_iter must be >= 1, got {n_iter}")
         if not 0.0 <= momentum < 1.5:
-            raise ValueError(f"momentum must be in [0, 1.5), got {momentum}")
+            raise ValueError(f"synth.momentum must be in [0, 1.5), got {momentum}")
+        if not 0.0 <= harmonic_weight <= 1.0:
+            raise ValueError(f"synth.harmonic_weight must be in [0, 1], got {harmonic_weight}")
         self.features = features
         self.n_iter = int(n_iter)
         self.momentum = float(momentum)
-        self.device = torch.device(device)
-        self.nnls_iter = int(nnls_iter)
+        self.harmonic_weight = float(harmonic_weight)
         self.seed = int(seed)
         self.threads = threads
+        self.device = torch.device(device)
         cfg = features
         mel = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels).astype(np.float64)
-        # inverse DCT-II (ortho) of n_mfcc coefficients onto n_mels bands == scipy idct(n=n_mels)
-        idct = scipy.fft.idct(np.eye(cfg.n_mfcc, cfg.n_mels), type=2, norm="ortho", axis=-1)
-        self._idct = torch.tensor(idct, dtype=torch.float32, device=self.device)            # [n_mfcc, n_mels]
-        self._mel = torch.tensor(mel, dtype=torch.float32, device=self.device)              # [n_mels, F]
+        self._idct = torch.tensor(idct_matrix(cfg.n_mfcc, cfg.n_mels), dtype=torch.float32, device=self.device)
         self._mel_pinv = torch.tensor(np.linalg.pinv(mel), dtype=torch.float32, device=self.device)  # [F, n_mels]
-        self._nnls_step = 1.0 / float(np.linalg.norm(mel, ord=2) ** 2)  # 1 / Lipschitz constant
         self._window = torch.hann_window(cfg.n_fft, periodic=True, device=self.device)
 
     # ---------------------------------------------------------------- spectra
@@ -128,14 +117,10 @@ class Synthesizer:
         """[.., T, n_mels] mel power -> [.., T, F] linear STFT magnitude.
 
         librosa solves a non-negative least squares problem (L-BFGS from the clamped
-        pseudo-inverse). The clamped pseudo-inverse alone already fits the mel powers to ~1e-6
-        relative error on real music (the mel basis is wide, the MFCC envelope smooth), so
-        ``nnls_iter`` projected-gradient refinements (step 1/L) are optional and off by default.
+        pseudo-inverse). The clamped pseudo-inverse alone already fits the mel powers closely on
+        real music (the mel basis is wide, the MFCC envelope smooth), so it is used as it is.
         """
-        x = torch.clamp(mel_power @ self._mel_pinv.T, min=0.0)
-        for _ in range(self.nnls_iter):
-            x = torch.clamp(x - self._nnls_step * ((x @ self._mel.T - mel_power) @ self._mel), min=0.0)
-        return torch.sqrt(x)
+        return torch.sqrt(torch.clamp(mel_power @ self._mel_pinv.T, min=0.0))
 
     def stft(self, y: torch.Tensor) -> torch.Tensor:
         """[B, L] -> [B, 1 + L // hop, F] complex; torch.stft(center=True, pad_mode="constant").
@@ -209,58 +194,35 @@ class Synthesizer:
     # ---------------------------------------------------------------- public
     def mfcc_to_audio(self, mfcc: torch.Tensor | np.ndarray) -> np.ndarray:
         """[T, n_mfcc] or [B, T, n_mfcc] MFCC -> float32 [T * hop] or [B, T * hop] audio."""
-        m = _as_tensor(mfcc).to(self.device)
-        _check_shape(m, self.features.n_mfcc, "mfcc")
+        m = as_tensor(mfcc).to(self.device)
+        check_frames(m, self.features.n_mfcc, "mfcc")
         length = m.shape[-2] * self.features.hop_length
         with torch.no_grad(), flush_denormal(self.threads):
             y = self.griffin_lim(self.mel_to_magnitude(self.mfcc_to_mel(m)), length)
-        return _numpy(y)
+        return to_numpy(y)
 
-    def harmonic(self, frames: torch.Tensor | np.ndarray, register: int = 60) -> np.ndarray:
-        """[.., T, 32] frames -> [.., T * hop] additive resynthesis sounding the chroma's dominant pitches."""
-        return self.render(frames, mode="harmonic", register=register)
-
-    def render(
-        self,
-        frames: torch.Tensor | np.ndarray,
-        mode: str = "mfcc",
-        register: int = 60,
-        harmonic_weight: float = 0.6,
-    ) -> np.ndarray:
+    def render(self, frames: torch.Tensor | np.ndarray, mode: str = "mfcc", register: int = 60) -> np.ndarray:
         """[.., T, 32] frames -> [.., T * hop] audio; ``mode`` picks timbre (mfcc), pitch (harmonic) or both (mix)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        f = _as_tensor(frames).to(self.device)
-        _check_shape(f, self.features.dim, "frames")
+        f = as_tensor(frames).to(self.device)
+        check_frames(f, self.features.dim, "frames")
         n = self.features.n_mfcc
         with torch.no_grad(), flush_denormal(self.threads):
             mag = self.mel_to_magnitude(self.mfcc_to_mel(f[..., :n]))  # once, for both renderings
             harm = None if mode == "mfcc" else _additive(f[..., n:], mag, register, self.features)
             inv = None if mode == "harmonic" else self.griffin_lim(mag, f.shape[-2] * self.features.hop_length)
         if mode != "mix":
-            return _numpy(inv if harm is None else harm)
-        return _balance(_numpy(harm), _numpy(inv), harmonic_weight)
+            return to_numpy(inv if harm is None else harm)
+        return _balance(to_numpy(harm), to_numpy(inv), self.harmonic_weight)
 
 
 
 # -------------------------------------------------------------------- harmonic resynthesis
-@lru_cache(maxsize=4)
-def _shared(features: FeatureConfig) -> Synthesizer:
-    return Synthesizer(features)
-
-
-def harmonic_from_chroma(
-    chroma: np.ndarray | torch.Tensor, mfcc: np.ndarray | torch.Tensor, register: int, features: FeatureConfig,
-) -> np.ndarray:
-    """[.., T, 12] chroma + [.., T, n_mfcc] MFCC -> [.., T * hop] pitched audio (Synthesizer.harmonic)."""
-    frames = torch.cat([_as_tensor(mfcc), _as_tensor(chroma)], dim=-1)
-    return _shared(features).harmonic(frames, register)
-
-
 def pitch_class_midi(register: int) -> torch.Tensor:
     """MIDI pitch of each pitch class 0..11 in the octave centred on ``register`` (C = 0)."""
     pcs = torch.arange(12)
-    return register + torch.remainder(pcs - register + 6, 12) - 6
+    return nearest_pitch(pcs, register)
 
 
 def chroma_weights(chroma: torch.Tensor, sharpness: float = 8.0, floor: float = 0.3) -> torch.Tensor:
@@ -292,7 +254,7 @@ def _additive(
     """
     hop, sr, dev = cfg.hop_length, cfg.sample_rate, magnitude.device
     T = chroma.shape[-2]
-    f0 = 440.0 * 2.0 ** ((pitch_class_midi(register).to(dev).double() - 69.0) / 12.0)  # [12]
+    f0 = midi_to_hz(pitch_class_midi(register).to(dev).double())  # [12]
     n_h = int(max(1, np.floor(min(max_freq, 0.45 * sr) / float(f0.min()))))
     h = torch.arange(1, n_h + 1, dtype=torch.float64, device=dev)
     fh = (f0[:, None] * h[None, :]).reshape(-1)                                         # [12*H]
@@ -324,8 +286,6 @@ def _rms(y: np.ndarray) -> np.ndarray:
 
 def _balance(harm: np.ndarray, inv: np.ndarray, harmonic_weight: float) -> np.ndarray:
     """Mix two renderings at equal RMS, weighted; silent parts contribute nothing."""
-    if not 0.0 <= harmonic_weight <= 1.0:
-        raise ValueError(f"harmonic_weight must be in [0, 1], got {harmonic_weight}")
     h = harm / np.maximum(_rms(harm), 1e-12)
     i = inv / np.maximum(_rms(inv), 1e-12)
     scale = np.maximum(_rms(harm), _rms(inv))

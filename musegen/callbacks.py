@@ -1,9 +1,13 @@
-"""Per-epoch sample rendering: audio, a mel-spectrogram and a piano roll to TensorBoard, files to the run folder."""
+"""Per-epoch sample rendering: files to the run folder; audio, a mel spectrogram and a piano roll to every
+logger that takes media (TensorBoard, Weights & Biases, MLflow)."""
 from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import matplotlib
@@ -15,29 +19,33 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pretty_midi  # noqa: E402
 import soundfile as sf  # noqa: E402
-from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger  # noqa: E402
 
 from musegen.audio import Synthesizer  # noqa: E402
 from musegen.export import ExportSettings, export_sample, slug  # noqa: E402
+from musegen.features import FeatureConfig  # noqa: E402
 from musegen.generation import Generator, encoder_from_config  # noqa: E402
+from musegen.text import TextEncoder  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
 class SampleRenderer(L.Callback):
     """Every `every_n_epochs`, generate `seconds` of audio for each prompt from a neutral start and
-    save .wav/.mid under `out_dir/epoch_NNN/`; log audio and figures to TensorBoard. Rank zero only."""
+    save .wav/.mid under `out_dir/epoch_NNN/`; send audio and figures to every logger that takes them
+    (TensorBoard, Weights & Biases, MLflow; others, such as CSV, get nothing). Rank zero only."""
 
-    def __init__(self, prompts: list[str], every_n_epochs: int = 5, seconds: float = 4.0,
-                 guidance: float = 3.0, temperature: float = 0.5, seed: int = 0, out_dir: str = "samples",
-                 synthesis: str = "mix") -> None:
+    def __init__(self, prompts: list[str], synth: Callable[[FeatureConfig], Synthesizer], export: ExportSettings,
+                 every_n_epochs: int = 5, seconds: float = 4.0, seed: int = 0, out_dir: str = "samples") -> None:
+        """``synth``/``export``: generate.py's synthesis and export settings (conf/synth, conf/export);
+        the per-epoch samples write WAV and MIDI only. Sampling uses the model's defaults."""
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
-        self.prompts, self.every, self.seconds = list(prompts), every_n_epochs, seconds
-        self.guidance, self.temperature, self.seed = guidance, temperature, seed
+        self.prompts, self.every, self.seconds, self.seed = list(prompts), every_n_epochs, seconds, seed
         self.out_dir = Path(out_dir)
-        self.settings = ExportSettings(formats=("wav",), synthesis=synthesis, render_midi=False)
-        self._encoder = None
+        self.synth = synth
+        self.settings = replace(export, formats=("wav",), render_midi=False)
+        self._encoder: TextEncoder | None = None
 
     def _due(self, trainer: L.Trainer) -> bool:
         epoch = trainer.current_epoch + 1
@@ -48,31 +56,86 @@ class SampleRenderer(L.Callback):
         if not self._due(trainer):
             return
         if self._encoder is None:
-            self._encoder = encoder_from_config(pl_module.hparams.text_encoder)
+            self._encoder = encoder_from_config(pl_module.model.text_encoder)
         was_training = pl_module.training
-        generator = Generator(pl_module, self._encoder, device=str(pl_module.device))
-        synth = Synthesizer(generator.features)
-        epoch_dir = self.out_dir / f"epoch_{trainer.current_epoch + 1:03d}"
+        generator = Generator(pl_module.model, self._encoder, device=str(pl_module.device))
+        synth = self.synth(generator.features)
+        epoch = trainer.current_epoch + 1
+        epoch_dir = self.out_dir / f"epoch_{epoch:03d}"
+        media = [(lg, send) for lg in trainer.loggers if (send := _media_sender(lg)) is not None]
         for i, prompt in enumerate(self.prompts):
-            result = generator.generate(prompt=prompt, duration=self.seconds, guidance=self.guidance,
-                                        temperature=self.temperature, seed=self.seed)
+            result = generator.generate(prompt=prompt, duration=self.seconds, seed=self.seed)
             paths = export_sample(result.frames[0], result.features, epoch_dir, slug(prompt), prompt, synth,
                                   self.settings, self.seconds, result.metadata)
-            self._log_tensorboard(trainer, prompt, i, paths, generator.features.sample_rate)
+            if media:
+                sample = Sample.read(i, prompt, paths, epoch, trainer.global_step)
+                for lg, send in media:
+                    send(lg, sample)
         pl_module.train(was_training)
 
-    def _log_tensorboard(self, trainer: L.Trainer, prompt: str, i: int, paths: dict[str, str], sr: int) -> None:
-        tb = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if tb is None:
-            return
-        y, _ = sf.read(paths["wav"], dtype="float32")
-        step = trainer.global_step
-        tb.experiment.add_audio(f"samples/{i}_{slug(prompt)}", y[None], step, sample_rate=sr)
-        tb.experiment.add_image(f"mel/{i}_{slug(prompt)}", mel_figure(y, sr), step, dataformats="HWC")
-        if "mid" in paths:
-            tb.experiment.add_image(f"pianoroll/{i}_{slug(prompt)}", piano_roll_figure(paths["mid"]), step,
-                                    dataformats="HWC")
-        tb.experiment.add_text(f"prompt/{i}", prompt, step)
+
+@dataclass(frozen=True)
+class Sample:
+    """One rendered sample as the loggers take it: the written audio, its figures and files."""
+
+    index: int                      # the prompt's place in the renderer's list
+    prompt: str
+    audio: np.ndarray
+    sample_rate: int
+    figures: dict[str, np.ndarray]  # "mel", and "pianoroll" when MIDI was written: RGB arrays
+    files: dict[str, str]           # export_sample's {kind: path}
+    epoch: int
+    step: int
+
+    @property
+    def name(self) -> str:
+        """"<index>_<prompt slug>": unique within an epoch, readable in every logger's list."""
+        return f"{self.index}_{slug(self.prompt)}"
+
+    @classmethod
+    def read(cls, index: int, prompt: str, files: dict[str, str], epoch: int, step: int) -> Sample:
+        """The sample as written (what a listener gets), its figures drawn once for all loggers."""
+        y, sr = sf.read(files["wav"], dtype="float32")
+        figures = {"mel": mel_figure(y, sr)}
+        if "mid" in files:
+            figures["pianoroll"] = piano_roll_figure(files["mid"])
+        return cls(index, prompt, y, sr, figures, files, epoch, step)
+
+
+def _to_tensorboard(logger: TensorBoardLogger, s: Sample) -> None:
+    tb = logger.experiment
+    tb.add_audio(f"samples/{s.name}", s.audio[None], s.step, sample_rate=s.sample_rate)
+    for kind, image in s.figures.items():
+        tb.add_image(f"{kind}/{s.name}", image, s.step, dataformats="HWC")
+    tb.add_text(f"prompt/{s.index}", s.prompt, s.step)
+
+
+def _to_wandb(logger: WandbLogger, s: Sample) -> None:
+    """wandb.Audio and wandb.Image through the logger's helpers, which import wandb themselves."""
+    logger.log_audio(f"samples/{s.name}", [s.files["wav"]], step=s.step, caption=[s.prompt])
+    for kind, image in s.figures.items():
+        logger.log_image(f"{kind}/{s.name}", [image], step=s.step, caption=[s.prompt])
+
+
+def _to_mlflow(logger: MLFlowLogger, s: Sample) -> None:
+    """The files and figures as artifacts of the run, under samples/epoch_NNN/ as in the run folder."""
+    folder = f"samples/epoch_{s.epoch:03d}"
+    for kind in ("wav", "mid"):
+        if kind in s.files:
+            logger.experiment.log_artifact(logger.run_id, s.files[kind], artifact_path=folder)
+    for kind, image in s.figures.items():
+        logger.experiment.log_image(logger.run_id, image, artifact_file=f"{folder}/{s.name}_{kind}.png")
+
+
+#: the loggers that take audio and figures, each with how it is sent
+_MEDIA_LOGGERS: dict[type[Logger], Callable[[Any, Sample], None]] = {
+    TensorBoardLogger: _to_tensorboard, WandbLogger: _to_wandb, MLFlowLogger: _to_mlflow,
+}
+
+
+def _media_sender(logger: Logger) -> Callable[[Any, Sample], None] | None:
+    """How samples reach `logger` (subclasses included), or None for loggers of numbers only."""
+    return next((send for kind, send in _MEDIA_LOGGERS.items() if isinstance(logger, kind)), None)
 
 
 def _figure_to_array(fig: plt.Figure) -> np.ndarray:

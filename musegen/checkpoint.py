@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from musegen.predictor import Predictor
+from musegen.model.muse import MuseModel, architecture
 
 #: Bumped whenever a checkpoint's tensors or hyper-parameters change meaning; older ones are refused.
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
+
+#: How torch's restricted unpickler names the class or function a file asked it to load.
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+#: What else it refused (an instruction, a class), after its advice
+_UNPICKLER_DETAIL = re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)")
 
 
 class CheckpointError(ValueError):
@@ -23,20 +29,50 @@ class CheckpointError(ValueError):
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint's tensors and plain data; refuse anything that would execute code."""
+    ckpt = read_weights(path)
+    _check_format(ckpt, Path(path))
+    return ckpt
+
+
+def read_weights(path: str | Path) -> Any:
+    """torch.load(weights_only=True) of any file, every failure as one CheckpointError naming it and
+    saying what is true of it: missing, a folder, unreadable (empty, truncated, not a PyTorch archive),
+    or refused (it holds Python objects whose loading would run code)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path}: unreadable, empty file (0 bytes)")
+    # torch.save has written zip archives since PyTorch 1.6; anything else would go to the legacy
+    # unpickler, whose errors on arbitrary bytes (KeyError, IndexError) say nothing about the file
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path}: unreadable, not a PyTorch checkpoint archive "
+                              "(truncated, corrupt or another kind of file)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch's message opens with advice to load with weights_only=False, i.e. to run the file's code: never repeated
+        code = _UNSAFE_GLOBAL.search(str(err))
+        if code is not None:
+            raise CheckpointError(
+                f"checkpoint {path}: refused, it holds Python objects other than tensors and plain data "
+                f"({code.group(1)}), which would run code when loaded; use a checkpoint written by musegen's train.py"
+            ) from None
+        detail = _UNPICKLER_DETAIL.search(str(err))
         raise CheckpointError(
-            f"checkpoint {path}: refused, it holds objects other than tensors and plain data "
-            f"(tampered or not a musegen checkpoint): {str(err).splitlines()[0]}"
+            f"checkpoint {path}: refused, its data is not only tensors and plain data"
+            f" ({detail.group(1) if detail else 'the restricted unpickler refused it'}); "
+            "use a checkpoint written by musegen's train.py"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(f"checkpoint {path}: corrupt or truncated ({str(err).splitlines()[0]})") from None
-    _check_format(ckpt, path)
+        raise CheckpointError(f"checkpoint {path}: unreadable, corrupt or truncated ({_first_line(err)})") from None
     return ckpt
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _check_format(ckpt: Any, path: Path) -> None:
@@ -50,12 +86,13 @@ def _check_format(ckpt: Any, path: Path) -> None:
         )
 
 
-def load_predictor(path: str | Path) -> Predictor:
-    """The trained model from a checkpoint file alone, for inference, in eval mode."""
+def load_model(path: str | Path) -> MuseModel:
+    """The trained model from a checkpoint file alone, for inference, in eval mode (no Lightning)."""
     ckpt = read_checkpoint(path)
-    predictor = Predictor(ckpt["hyper_parameters"])
-    predictor.load_state_dict(ckpt["state_dict"])
-    return predictor.eval()
+    model = MuseModel(**architecture(ckpt["hyper_parameters"]))
+    prefix = "model."
+    model.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    return model.eval()
 
 
 def file_sha256(path: str | Path) -> str:

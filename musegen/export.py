@@ -1,6 +1,6 @@
 """Generated frames -> files: WAV/MP3 audio, MIDI, the MIDI's FluidSynth rendition and a JSON sidecar.
 
-Shared by generate.py and the per-epoch SampleRenderer callback, so both write the same things.
+Shared by generate.py, evaluation and the per-epoch SampleRenderer callback, so all write the same things.
 """
 from __future__ import annotations
 
@@ -10,27 +10,49 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import soundfile as sf
 
-from musegen.audio import Synthesizer, finalize, write_audio
+from musegen.audio import MODES, finalize, write_audio
 from musegen.features import FeatureConfig
 from musegen.instruments import Instrument, find_instrument
 from musegen.io import write_json
+from musegen.loudness import normalize_loudness, true_peak_db
 from musegen.midi import render_midi, transcribe
 
 log = logging.getLogger(__name__)
 
+SYNTHESES = (*MODES, "vocoder")
+#: lossy encodings whose decoded peaks can overshoot the input's (by about 0.2 dB for MP3 here)
+LOSSY = ("mp3", "ogg")
+_TRIM_MARGIN_DB, _TRIM_PASSES = 0.05, 4
+
 
 @dataclass(frozen=True)
 class ExportSettings:
-    formats: tuple[str, ...] = ("wav", "mp3")
-    synthesis: str = "mix"          # mfcc | harmonic | mix (see musegen.audio.Synthesizer.render)
-    midi: bool = True
-    render_midi: bool = True        # also write <name>.midi.wav: the MIDI played by FluidSynth
-    tempo_bpm: float = 120.0
-    peak_db: float = -1.0
+    """What is written per sample; conf/export/default.yaml holds the defaults."""
+
+    formats: tuple[str, ...]
+    synthesis: str                  # mfcc | harmonic | mix (musegen.audio.Synthesizer) | vocoder
+    midi: bool
+    render_midi: bool               # also write <name>.midi.wav: the MIDI played by FluidSynth
+    tempo_bpm: float
+    peak_db: float                  # sample peak, and with loudness_lufs true peak, never above this dBFS
+    loudness_lufs: float | None     # integrated loudness of every written audio file; None: peak_db only
+    max_limiting_db: float          # peak reduction allowed to reach loudness_lufs (0: gain only)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "formats", tuple(self.formats))
+        if self.synthesis not in SYNTHESES:
+            raise ValueError(f"export.synthesis must be one of {SYNTHESES}, got {self.synthesis!r}")
+        if self.peak_db > 0:
+            raise ValueError(f"export.peak_db must be <= 0 dBFS, got {self.peak_db}")
+        if self.loudness_lufs is not None and self.loudness_lufs >= 0:
+            raise ValueError(f"export.loudness_lufs must be negative (LUFS) or null, got {self.loudness_lufs}")
+        if self.max_limiting_db < 0:
+            raise ValueError(f"export.max_limiting_db must be >= 0 dB, got {self.max_limiting_db}")
 
 
 def slug(text: str | None, max_len: int = 48) -> str:
@@ -50,18 +72,39 @@ def free_stem(out_dir: Path, base: str, suffixes: tuple[str, ...]) -> Path:
     raise FileExistsError(f"{out_dir}: too many outputs named {base}-*")
 
 
-def synthesize(frames: np.ndarray, features: FeatureConfig, synth: Synthesizer, samples: int,
-               settings: ExportSettings, register: int) -> np.ndarray:
-    """[T, F] frames -> finished mono audio of exactly `samples` samples."""
+class Renderer(Protocol):
+    """Frames -> audio: musegen.audio.Synthesizer (analytic) or musegen.vocoder.Vocoder (learnt)."""
+
+    def render(self, frames: np.ndarray, mode: str, register: int) -> np.ndarray: ...
+
+
+def master(y: np.ndarray, sample_rate: int, settings: ExportSettings) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """Rendered audio -> the audio written: faded and peak-normalised, then, with settings.loudness_lufs,
+    at that loudness; returns it with the loudness report for the sidecar (None without loudness_lufs)."""
+    y = finalize(y, sample_rate, peak_db=settings.peak_db)
+    if settings.loudness_lufs is None:
+        return y, None
+    y, report = normalize_loudness(y, sample_rate, settings.loudness_lufs, settings.peak_db,
+                                   settings.max_limiting_db)
+    return y, report.to_dict()
+
+
+def _rendered(frames: np.ndarray, synth: Renderer, samples: int, settings: ExportSettings,
+              register: int) -> np.ndarray:
+    """[T, F] frames -> raw mono audio of exactly `samples` samples."""
     y = synth.render(frames, mode=settings.synthesis, register=register)[:samples]
-    if y.shape[-1] < samples:
-        y = np.pad(y, (0, samples - y.shape[-1]))
-    return finalize(y, features.sample_rate, peak_db=settings.peak_db)
+    return np.pad(y, (0, samples - y.shape[-1])) if y.shape[-1] < samples else y
+
+
+def synthesize(frames: np.ndarray, features: FeatureConfig, synth: Renderer, samples: int,
+               settings: ExportSettings, register: int) -> np.ndarray:
+    """[T, F] frames -> finished mono audio of exactly `samples` samples, as export_sample writes it."""
+    return master(_rendered(frames, synth, samples, settings, register), features.sample_rate, settings)[0]
 
 
 def export_sample(
     frames: np.ndarray, features: FeatureConfig, out_dir: str | Path, base: str, prompt: str | None,
-    synth: Synthesizer, settings: ExportSettings, duration: float, metadata: dict[str, Any] | None = None,
+    synth: Renderer, settings: ExportSettings, duration: float, metadata: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Write one sample's files; returns {kind: path}. The sidecar JSON is written last."""
     out_dir = Path(out_dir)
@@ -72,66 +115,58 @@ def export_sample(
     register = instrument.register if instrument else 60
     start = time.perf_counter()
     samples = int(round(duration * features.sample_rate))
-    y = synthesize(frames, features, synth, samples, settings, register)
+    y, loudness = master(_rendered(frames, synth, samples, settings, register), features.sample_rate, settings)
     # the audio files (MP3 encoding is the slow part, in C without the GIL) are written beside the MIDI work
     with ThreadPoolExecutor(max_workers=1) as pool:
-        audio_files = pool.submit(write_audio, y, stem, features.sample_rate, settings.formats)
-        midi_files = _write_midi(frames, features, stem, instrument, settings) if settings.midi else {}
-        paths = {p.suffix.lstrip("."): str(p) for p in audio_files.result()}
+        audio_files = pool.submit(_write_under_ceiling, y, stem, features.sample_rate, settings)
+        midi_files, midi_loudness = (_write_midi(frames, features, stem, instrument, settings) if settings.midi
+                                     else ({}, None))
+        written, trims = audio_files.result()
+        paths = {p.suffix.lstrip("."): str(p) for p in written}
     paths.update(midi_files)
     sidecar = stem.with_suffix(".json")
     write_json(sidecar, {
         **(metadata or {}), "instrument": instrument.name if instrument else None, "files": paths,
         "export_seconds": time.perf_counter() - start, "export": settings.__dict__,
+        "loudness": {"audio": loudness, "midi.wav": midi_loudness, "lossy_trim_db": trims},
         "features": features.to_dict(),
     })
     paths["json"] = str(sidecar)
     return paths
 
 
+def _write_under_ceiling(y: np.ndarray, stem: Path, sample_rate: int, settings: ExportSettings
+                         ) -> tuple[list[Path], dict[str, float]]:
+    """write_audio, then each lossy file read back and, while its decoded true peak passes settings.peak_db,
+    encoded again quieter by the overshoot and _TRIM_MARGIN_DB (the encoder's overshoot changes with its
+    input); returns the paths and the trim in dB of each file encoded again."""
+    paths = write_audio(y, stem, sample_rate, settings.formats)
+    trims: dict[str, float] = {}
+    for path in paths:
+        fmt = path.suffix.lstrip(".")
+        if fmt not in LOSSY:
+            continue
+        for _ in range(_TRIM_PASSES):
+            over = true_peak_db(sf.read(str(path), dtype="float32")[0], sample_rate) - settings.peak_db
+            if over <= 0:
+                break
+            trims[fmt] = trims.get(fmt, 0.0) - over - _TRIM_MARGIN_DB
+            write_audio(y * 10.0 ** (trims[fmt] / 20.0), stem, sample_rate, (fmt,))
+        else:
+            log.warning("%s: decoded true peak still above export.peak_db after %d trims", path, _TRIM_PASSES)
+    return paths, trims
+
+
 def _write_midi(frames: np.ndarray, features: FeatureConfig, stem: Path, instrument: Instrument | None,
-                settings: ExportSettings) -> dict[str, str]:
-    """The transcription as .mid and, with settings.render_midi, its FluidSynth rendition as .midi.wav."""
+                settings: ExportSettings) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """The transcription as .mid and, with settings.render_midi, its FluidSynth rendition as .midi.wav,
+    mastered like the audio so the two compare at one loudness; returns the paths and its loudness report."""
     name = instrument.name if instrument else None
     mid = transcribe(frames, features, name, stem.with_suffix(".mid"), tempo_bpm=settings.tempo_bpm)
     paths = {"mid": str(mid)}
-    if settings.render_midi:
-        rendition = finalize(render_midi(mid, features.sample_rate, name), features.sample_rate, settings.peak_db)
-        paths["midi.wav"] = str(write_audio(rendition, stem.with_name(stem.name + ".midi"),
-                                            features.sample_rate, ("wav",))[0])
-    return paths
-
-
-def generate_files(cfg: Any) -> list[dict[str, str]]:
-    """generate.py's work: load, validate and generate before writing anything; then write each sample."""
-    from musegen.checkpoint import file_sha256
-    from musegen.generation import Generator
-    from musegen.text import write_lyrics
-
-    start = time.perf_counter()
-    gen = Generator.from_checkpoint(cfg.ckpt, device=cfg.device, max_duration=cfg.max_duration,
-                                   threads=cfg.threads)
-    loaded = time.perf_counter()
-    lyrics = cfg.lyrics
-    if cfg.lyrics_from_prompt:
-        lyrics = write_lyrics(cfg.prompt or "", model=cfg.lyrics_model,
-                              max_new_tokens=cfg.lyrics_max_new_tokens, seed=cfg.seed)
-    result = gen.generate(prompt=cfg.prompt, lyrics=lyrics, audio=cfg.audio, duration=cfg.duration,
-                          guidance=cfg.guidance, temperature=cfg.temperature, seed=cfg.seed,
-                          num_samples=cfg.num_samples, progress=True)
-    settings = ExportSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.export.items()})
-    synth = Synthesizer(result.features, **cfg.synth)
-    meta = {**result.metadata, "checkpoint": str(cfg.ckpt), "checkpoint_sha256": file_sha256(cfg.ckpt),
-            "load_seconds": loaded - start, "versions": _versions()}
-    written = []
-    for i, frames in enumerate(result.frames):
-        base = f"{slug(cfg.prompt or lyrics or 'unconditional')}-s{cfg.seed}" + (f"-{i}" if cfg.num_samples > 1 else "")
-        written.append(export_sample(frames, result.features, cfg.out, base, cfg.prompt, synth, settings,
-                                     cfg.duration, {**meta, "sample": i}))
-    return written
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    return {p: md.version(p) for p in ("musegen", "torch", "lightning", "librosa", "music21", "transformers")}
+    if not settings.render_midi:
+        return paths, None
+    rendition, loudness = master(render_midi(mid, features.sample_rate, name), features.sample_rate, settings)
+    paths["midi.wav"] = str(write_audio(rendition, stem.with_name(stem.name + ".midi"),
+                                        features.sample_rate, ("wav",))[0])
+    return paths, loudness

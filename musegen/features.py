@@ -28,7 +28,6 @@ class FeatureConfig:
     hop_length: int = 512
     n_mels: int = 128
     max_frames: int = 174
-    min_frames: int = 8
     silence_db: float = -60.0
 
     @property
@@ -43,41 +42,56 @@ class FeatureConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FeatureConfig":
+    def from_dict(cls, d: dict) -> FeatureConfig:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
-def _read(path: Path) -> tuple[np.ndarray, int]:
+def _read(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int, float]:
+    """(mono samples of at most `max_seconds`, their rate, the whole file's duration in seconds)."""
     try:
-        y, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        return y.mean(axis=1), sr
+        info = sf.info(str(path))
+        frames = -1 if max_seconds is None else int(round(max_seconds * info.samplerate))
+        y, sr = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
+        return y.mean(axis=1), sr, info.frames / info.samplerate
     except Exception as sf_err:  # noqa: BLE001 - fall back to pydub/ffmpeg for other containers
         try:
-            from pydub import AudioSegment
+            from pydub import AudioSegment  # noqa: PLC0415 - only for containers soundfile cannot read
 
             seg = AudioSegment.from_file(str(path))
         except Exception:  # noqa: BLE001
             raise AudioError(f"{path}: not readable as audio ({sf_err})") from sf_err
+        seconds = len(seg) / 1000
+        if max_seconds is not None:
+            seg = seg[: int(round(max_seconds * 1000))]
         samples = np.array(seg.get_array_of_samples(), dtype=np.float32)
         samples = samples.reshape(-1, seg.channels).mean(axis=1) / float(1 << (8 * seg.sample_width - 1))
-        return samples, seg.frame_rate
+        return samples, seg.frame_rate, seconds
 
 
-def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Read any soundfile-readable file (pydub+ffmpeg for the rest) as mono float32 at `sample_rate`."""
+def read_audio(path: str | Path, sample_rate: int, max_seconds: float | None = None) -> tuple[np.ndarray, float]:
+    """(mono float32 samples at `sample_rate`, the file's whole duration in seconds).
+
+    Only the first `max_seconds` are read and decoded when given, so capping a long file costs
+    little; the duration still counts the whole file (for reports of how much was used).
+    """
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: empty file")
-    y, sr = _read(path)
+    y, sr, seconds = _read(path, max_seconds)
     if y.size == 0:
         raise AudioError(f"{path}: contains no samples")
     if not np.all(np.isfinite(y)):
         raise AudioError(f"{path}: contains NaN or infinite samples")
     if sr != sample_rate:
         y = librosa.resample(y, orig_sr=sr, target_sr=sample_rate)
-    return y.astype(np.float32)
+    return y.astype(np.float32), seconds
+
+
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Read any soundfile-readable file (pydub+ffmpeg for the rest) as mono float32 at `sample_rate`."""
+    return read_audio(path, sample_rate)[0]
 
 
 def extract(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
@@ -92,14 +106,26 @@ def extract(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     return np.concatenate([mfcc, chroma], axis=0).T.astype(np.float32)
 
 
+def is_silent(y: np.ndarray, cfg: FeatureConfig) -> bool:
+    """True when no sample of `y` rises above cfg.silence_db (or there are none)."""
+    return y.size == 0 or float(np.max(np.abs(y))) <= 10 ** (cfg.silence_db / 20)
+
+
 def check_usable(y: np.ndarray, cfg: FeatureConfig, name: str) -> None:
-    """Raise AudioError for silent or too-short audio."""
-    min_samples = cfg.min_frames * cfg.hop_length
-    if y.size < min_samples:
-        raise AudioError(f"{name}: too short ({y.size / cfg.sample_rate:.3f} s, need {min_samples / cfg.sample_rate:.3f} s)")
-    peak = float(np.max(np.abs(y)))
-    if peak <= 10 ** (cfg.silence_db / 20):
+    """Raise AudioError for silent audio. Length is not judged here: how many frames a clip needs
+    is the model's window (model.segment_frames), which the datamodule applies."""
+    if is_silent(y, cfg):
+        peak = float(np.max(np.abs(y))) if y.size else 0.0
         raise AudioError(f"{name}: silent (peak {peak:.2e})")
+
+
+def split_clips(y: np.ndarray, sample_rate: int, clip_seconds: float | None) -> list[tuple[float, np.ndarray]]:
+    """Consecutive pieces of at most `clip_seconds` (the last one holds the rest), each with its start
+    in seconds; None keeps the whole signal as one piece. Pieces are views, not copies."""
+    if clip_seconds is None:
+        return [(0.0, y)]
+    step = max(1, int(round(clip_seconds * sample_rate)))
+    return [(start / sample_rate, y[start:start + step]) for start in range(0, len(y), step)]
 
 
 def extract_file(path: str | Path, cfg: FeatureConfig) -> np.ndarray:

@@ -39,10 +39,11 @@ INSTRUMENTS: dict[str, Instrument] = {
 
 
 def find_instrument(text: str | None) -> Instrument | None:
-    """The first instrument named in `text` (by name or alias, whole words), else None."""
+    """The first instrument named in `text` (by name or alias, whole words; underscores count as
+    spaces, so class labels such as "Sound_Violin" work), else None: the one instrument lookup."""
     if not text:
         return None
-    lowered = text.lower()
+    lowered = text.lower().replace("_", " ")
     hits = []
     for inst in INSTRUMENTS.values():
         for word in (inst.name, *inst.aliases):
@@ -50,3 +51,10 @@ def find_instrument(text: str | None) -> Instrument | None:
             if m:
                 hits.append((m.start(), inst))
     return min(hits, key=lambda h: h[0])[1] if hits else None
+
+
+def register_for(text: str | None) -> int:
+    """The register of the instrument `text` names (where its notes are synthesised and transcribed),
+    else middle C."""
+    inst = find_instrument(text)
+    return inst.register if inst else 60

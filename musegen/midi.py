@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 
 import librosa
 import numpy as np
-import scipy.fft
 
+from musegen.dsp import mfcc_to_log_mel, midi_to_hz, nearest_pitch
 from musegen.features import FeatureConfig
 from musegen.instruments import INSTRUMENTS, Instrument, find_instrument
 from musegen.io import atomic_path
@@ -61,11 +61,6 @@ class TranscriptionConfig:
     fifth_weight: float = 0.75     # pitch class support from its 3rd harmonic (a fifth above)
     third_weight: float = 0.2      # pitch class support from its 5th harmonic (a major third above)
     repeat_rise_db: float = 9.0    # a flux peak inside one class starts a new note only with this loudness rise
-
-
-def _log_mel(mfcc: np.ndarray, n_mels: int) -> np.ndarray:
-    """[T, n_mfcc] MFCC -> [T, n_mels] dB envelope (inverse ortho DCT-II, as librosa.mfcc_to_mel)."""
-    return scipy.fft.idct(mfcc, axis=-1, type=2, norm="ortho", n=n_mels)
 
 
 def frame_loudness(log_mel: np.ndarray) -> np.ndarray:
@@ -215,7 +210,7 @@ def octave_scores(pitches: list[int], envelope: np.ndarray, mel_hz: np.ndarray) 
     regression on rendered demo clips and rounded: ~85 % of notes get the right octave from this
     alone (the instrument's median register: ~38 %).
     """
-    f0 = 440.0 * 2.0 ** ((np.asarray(pitches, dtype=np.float64) - 69.0) / 12.0)
+    f0 = midi_to_hz(np.asarray(pitches, dtype=np.float64))
     level = lambda f: np.interp(f, mel_hz, envelope)  # noqa: E731
     return level(f0) - 0.5 * level(f0 / 2.0) + 0.5 * level(3.0 * f0) - 2.0 * np.log2(f0 / 500.0)
 
@@ -237,7 +232,7 @@ def choose_octaves(
     """
     if not pcs:
         return []
-    cands = [np.array([p for p in range(low, high + 1) if p % 12 == pc] or [_nearest(pc, register)]) for pc in pcs]
+    cands = [np.array([p for p in range(low, high + 1) if p % 12 == pc] or [nearest_pitch(pc, register)]) for pc in pcs]
 
     def unary(i: int) -> np.ndarray:
         c = cfg.register_weight * np.abs(cands[i] - register)
@@ -265,10 +260,6 @@ def _mel_hz(features: FeatureConfig) -> np.ndarray:
     return librosa.mel_frequencies(n_mels=features.n_mels + 2, fmin=0.0, fmax=features.sample_rate / 2.0)[1:-1]
 
 
-def _nearest(pc: int, register: int) -> int:
-    return register + ((pc - register + 6) % 12) - 6
-
-
 def frames_to_notes(
     frames: np.ndarray,
     features: FeatureConfig,
@@ -289,7 +280,7 @@ def frames_to_notes(
         raise ValueError("frames contain NaN or infinite values")
     if len(frames) == 0:
         return []
-    log_mel = _log_mel(frames[:, : features.n_mfcc], features.n_mels)
+    log_mel = mfcc_to_log_mel(frames[:, : features.n_mfcc], features.n_mels)
     chroma = frames[:, features.n_mfcc:]
     loud = frame_loudness(log_mel)
     voiced = voicing(chroma, loud, cfg)
@@ -318,20 +309,23 @@ def _velocity(loud_db: np.ndarray, clip_max_db: float) -> int:
 def _instrument(instrument: str | Instrument | None) -> Instrument | None:
     if instrument is None or isinstance(instrument, Instrument):
         return instrument
-    inst = INSTRUMENTS.get(instrument) or find_instrument(instrument)
+    inst = find_instrument(instrument)
     if inst is None:
         raise ValueError(f"unknown instrument {instrument!r}; known: {sorted(INSTRUMENTS)}")
     return inst
 
 
-def notes_to_stream(notes: list[Note], instrument: str | None = None, tempo_bpm: float = 120.0) -> "stream.Score":
+def notes_to_stream(notes: list[Note], instrument: str | None = None, tempo_bpm: float = 120.0) -> stream.Score:
     """Notes in seconds -> a music21 Score (one Part) with the GM instrument and a tempo mark.
 
     Times become exact fractions of a quarter on a 1/48 grid (10 ms at 120 bpm; sixteenths and
     triplets both exact), which music21 writes to MIDI ticks without drift; overlaps are cut so
     the part stays monophonic, and music21 fills the gaps with rests.
     """
-    from music21 import instrument as m21inst, note as m21note, stream, tempo  # noqa: PLC0415
+    # music21 takes a second to import and only notation needs it
+    from music21 import instrument as m21inst  # noqa: PLC0415
+    from music21 import note as m21note  # noqa: PLC0415
+    from music21 import stream, tempo  # noqa: PLC0415
 
     if tempo_bpm <= 0:
         raise ValueError(f"tempo_bpm must be > 0, got {tempo_bpm}")

@@ -1,8 +1,8 @@
 """Process-wide torch settings, scoped to one block of work and restored after it."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 

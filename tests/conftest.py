@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# librosa's numba kernels cache compiled code beside the package; processes compiling the same kernel at
+# once (the cache build's workers, the subprocesses these tests start) can leave a cache entry that
+# crashes the next process to load it. One private cache per test session, inherited by subprocesses.
+os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="musegen-numba-"))
 
 _TINY_CORPUS = [
     "calm piano melody in the evening",
@@ -44,15 +51,17 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(script: str, *overrides: str, timeout: int = 600, check: bool = True):
-    """Run one of the repo's Hydra entry points as a user would, in a subprocess."""
+def run_script(script: str, *overrides: str, timeout: int = 600, check: bool = True,
+               env: dict[str, str] | None = None, cwd: Path = ROOT):
+    """Run one of the repo's Hydra entry points as a user would, in a subprocess (offline, plus `env`),
+    started in `cwd`."""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
     out = subprocess.run([sys.executable, str(ROOT / script), *overrides], capture_output=True, text=True,
-                         cwd=ROOT, timeout=timeout, env=env)
+                         cwd=cwd, timeout=timeout, env=env)
     if check and out.returncode != 0:
         raise AssertionError(f"{script} {' '.join(overrides)} failed ({out.returncode}):\n{out.stderr[-4000:]}")
     return out

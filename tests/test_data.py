@@ -13,10 +13,13 @@ import soundfile as sf
 import torch
 
 from musegen import features as F
+from musegen.data import build as B
 from musegen.data import cache as C
 from musegen.data.clips import Clip
-from musegen.data.datamodule import MuseDataModule, split_groups
+from musegen.data.datamodule import MuseDataModule, TooShortError
 from musegen.data.sources import DataSourceError, FolderSource, KaggleSource, caption_from_name
+from musegen.data.splits import split_groups
+from musegen.data.windows import window_index
 from musegen.features import FeatureConfig
 
 CFG = FeatureConfig()
@@ -150,6 +153,28 @@ def test_folder_source_without_metadata(tmp_path: Path) -> None:
     assert caption_from_name(Path("piano/piano_03.wav")) == "piano"
 
 
+@pytest.mark.parametrize("name, caption", [
+    ("loop_amen.flac", "loop amen"),
+    ("drum_heavy_kick.flac", "drum heavy kick"),
+    ("bd_808.flac", "bd 808"),                    # a number that is part of the name is kept
+    ("tabla_ke1.flac", "tabla ke"),               # a trailing take/index number is not
+    ("TR909kick.wav", "tr 909 kick"),
+    ("loops/loop120bpm_Funky.wav", "loops loop 120 bpm funky"),
+    ("My Song (live) 2019.mp3", "my song live 2019"),
+])
+def test_captions_from_names_read_like_text(name: str, caption: str) -> None:
+    assert caption_from_name(Path(name)) == caption
+
+
+def test_metadata_overrides_names(tmp_path: Path) -> None:
+    tone(tmp_path / "loop_amen.flac", 300)
+    tone(tmp_path / "drum_heavy_kick.flac", 0, timbre="drum")
+    write_csv(tmp_path / "metadata.csv", ["file", "caption", "label"], [["loop_amen.flac", "a breakbeat", "drums"]])
+    by_name = {Path(c.path).name: c for c in FolderSource(str(tmp_path)).clips()}
+    assert (by_name["loop_amen.flac"].caption, by_name["loop_amen.flac"].label) == ("a breakbeat", "drums")
+    assert by_name["drum_heavy_kick.flac"].caption == "drum heavy kick"
+
+
 def test_folder_source_with_metadata(grouped_root: Path) -> None:
     clips = FolderSource(str(grouped_root)).clips()
     assert len(clips) == 24
@@ -169,17 +194,22 @@ def test_folder_source_errors(tmp_path: Path) -> None:
 
 def test_cache_skips_bad_files_and_hits_second_time(kaggle_root: Path, tmp_path: Path, encoder, monkeypatch) -> None:
     clips = KaggleSource(root=str(kaggle_root)).clips()
-    path = C.build_cache(clips, CFG, encoder, tmp_path, num_workers=1, source="kaggle-fixture")
+    path = B.build_cache(clips, CFG, encoder, tmp_path, num_workers=1, source="kaggle-fixture")
     cache = C.load_cache(path)
     report = json.loads((path / "report.json").read_text())
     reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
-    assert reasons.keys() == {"corrupt.wav", "missing.wav", "empty.wav", "silent.wav", "short.wav"}
+    assert reasons.keys() == {"corrupt.wav", "missing.wav", "empty.wav", "silent.wav"}
     for name, why in [("corrupt.wav", "not readable"), ("missing.wav", "no such file"), ("empty.wav", "empty"),
-                      ("silent.wav", "silent"), ("short.wav", "too short")]:
+                      ("silent.wav", "silent")]:
         assert why in reasons[name] and name in reasons[name]
-    assert len(cache) == report["usable"] == 6
+    assert len(cache) == report["usable"] == report["clips"] == 7
+    assert report["seconds"] == {"total": pytest.approx(7.05), "used": pytest.approx(6.05)}  # silent.wav: 1 s unused
     assert cache.frames.dtype == torch.float32 and cache.frames.shape == (int(cache.offsets[-1]), 32)
-    assert (cache.lengths == 44).all()  # 1 s at 22050 Hz after resampling, whatever the file's rate
+    # 1 s at 22050 Hz after resampling, whatever the file's rate; the 0.05 s file is kept: length is the
+    # datamodule's business (the model's window), not the cache's
+    lengths = dict(zip((Path(p).name for p in cache.paths), cache.lengths.tolist()))
+    assert lengths.pop("short.wav") == 3 and set(lengths.values()) == {44}
+    assert cache.starts == [0.0] * 7
     assert cache.text.shape == (len(set(cache.captions)), 384)
     i = cache.labels.index("guitar")
     torch.testing.assert_close(cache.clip_text(i), encoder.encode([cache.captions[i]])[0], atol=1e-5, rtol=0)
@@ -191,7 +221,7 @@ def test_cache_skips_bad_files_and_hits_second_time(kaggle_root: Path, tmp_path:
 
     monkeypatch.setattr(F, "extract", no_audio)
     monkeypatch.setattr(F, "load_audio", no_audio)
-    assert C.build_cache(clips, CFG, encoder, tmp_path, num_workers=1) == path
+    assert B.build_cache(clips, CFG, encoder, tmp_path, num_workers=1) == path
     # anything the cache depends on changes the key
     assert C.cache_key(clips, CFG, encoder.identity) == path.name
     assert C.cache_key(clips, FeatureConfig(n_mfcc=13), encoder.identity) != path.name
@@ -203,7 +233,7 @@ def test_nothing_usable_is_one_clear_error(tmp_path: Path, encoder) -> None:
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF not really")
     with pytest.raises(C.CacheError, match="no usable audio.*my-source.*report") as err:
-        C.build_cache([Clip(str(bad), "x", "x", "x")], CFG, encoder, tmp_path / "cache", source="my-source")
+        B.build_cache([Clip(str(bad), "x", "x", "x")], CFG, encoder, tmp_path / "cache", source="my-source")
     report = Path(str(err.value).rsplit(" ", 1)[-1])
     assert json.loads(report.read_text())["skipped"][0]["path"] == str(bad)
 
@@ -221,7 +251,7 @@ def test_interrupted_build_is_never_trusted(grouped_root: Path, tmp_path: Path, 
 
     monkeypatch.setattr(F, "extract", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
-        C.build_cache(clips, CFG, encoder, tmp_path, num_workers=1)
+        B.build_cache(clips, CFG, encoder, tmp_path, num_workers=1)
     monkeypatch.setattr(F, "extract", real_extract)
     assert C.find_cache(tmp_path, key) is None and list(tmp_path.iterdir()) == []
 
@@ -233,21 +263,27 @@ def test_interrupted_build_is_never_trusted(grouped_root: Path, tmp_path: Path, 
     (tmp_path / key / "frames.pt").write_bytes(b"half")
     with pytest.raises(C.CacheError, match="not a complete cache"):
         C.load_cache(tmp_path / key)
-    path = C.build_cache(clips, CFG, encoder, tmp_path, num_workers=1)
+    path = B.build_cache(clips, CFG, encoder, tmp_path, num_workers=1)
     assert path == tmp_path / key and len(C.load_cache(path)) == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == [key]
 
 
 def test_two_workers_equal_one(grouped_root: Path, tmp_path: Path, encoder) -> None:
     clips = FolderSource(str(grouped_root)).clips()[:8]
-    one = C.load_cache(C.build_cache(clips, CFG, encoder, tmp_path / "a", num_workers=1))
-    two = C.load_cache(C.build_cache(clips, CFG, encoder, tmp_path / "b", num_workers=2))
+    one = C.load_cache(B.build_cache(clips, CFG, encoder, tmp_path / "a", num_workers=1))
+    two = C.load_cache(B.build_cache(clips, CFG, encoder, tmp_path / "b", num_workers=2))
     assert torch.equal(one.frames, two.frames) and torch.equal(one.offsets, two.offsets)
     assert torch.equal(one.text, two.text) and one.paths == two.paths
-    # long files are cut at max_seconds before extraction (a new key, so a new cache)
-    capped = C.load_cache(C.build_cache(clips[:2], CFG, encoder, tmp_path / "a", num_workers=1, max_seconds=0.5))
+    # max_file_seconds reads only the start of each file (a new key, so a new cache)
+    capped = C.load_cache(B.build_cache(clips[:2], CFG, encoder, tmp_path / "a", num_workers=1, max_file_seconds=0.5))
     assert capped.lengths.tolist() == [22, 22] and capped.path.name != one.path.name
     torch.testing.assert_close(capped.clip_frames(0)[:18, :20], one.clip_frames(0)[:18, :20])
+    assert capped.report["seconds"] == {"total": pytest.approx(0.8 + 1.1), "used": pytest.approx(1.0)}
+    # clip_seconds splits them instead: 0.8 s -> 0.5 + 0.3, 1.1 s -> 0.5 + 0.5 + 0.1, one group per file
+    split = C.load_cache(B.build_cache(clips[:2], CFG, encoder, tmp_path / "a", num_workers=1, clip_seconds=0.5))
+    assert split.starts == pytest.approx([0, 0.5, 0, 0.5, 1.0]) and split.lengths.tolist() == [22, 13, 22, 22, 5]
+    assert split.groups == [clips[0].group] * 2 + [clips[1].group] * 3
+    assert split.report["seconds"]["used"] == split.report["seconds"]["total"] == pytest.approx(1.9)
 
 
 # -- splits and DataModule -----------------------------------------------------------------------
@@ -286,14 +322,14 @@ def test_datamodule_split_has_no_leakage_and_train_stats(datamodule: MuseDataMod
     assert type(dm.hparams["features"]) is dict and "source" not in dm.hparams and "text_encoder" not in dm.hparams
     groups = {s: {cache.groups[i] for i in dm.clip_indices(s)} for s in ("train", "val", "test")}
     assert not (groups["train"] & groups["val"] or groups["train"] & groups["test"] or groups["val"] & groups["test"])
-    assert sorted(dm.clip_indices("train") + dm.clip_indices("val") + dm.test_clips()) == list(range(24))
+    assert sorted(dm.clip_indices("train") + dm.clip_indices("val") + dm.clip_indices("test")) == list(range(24))
     assert [len(groups[s]) for s in ("train", "val", "test")] == [6, 3, 3]
     train = torch.cat([cache.clip_frames(i) for i in dm.clip_indices("train")]).double()
     torch.testing.assert_close(dm.stats["mean"], train.mean(0).float(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(dm.stats["std"], train.std(0, unbiased=False).clamp_min(1e-3).float(),
                                rtol=1e-4, atol=1e-4)
     assert not torch.allclose(dm.stats["mean"], cache.frames.double().mean(0).float(), rtol=1e-3, atol=1e-3)
-    assert dm.labels == ["drum", "guitar", "piano", "violin"] and dm.text_dim == 384
+    assert dm.labels == ["drum", "guitar", "piano", "violin"] and dm.cache.text.shape[1] == 384
 
 
 def test_windows_shapes_masks_and_content(datamodule: MuseDataModule) -> None:
@@ -330,6 +366,11 @@ def test_datamodule_rejects_bad_arguments(grouped_root: Path) -> None:
         MuseDataModule(FolderSource(str(grouped_root)), cache_dir="x", val_fraction=0.6, test_fraction=0.5)
     with pytest.raises(ValueError, match="unknown key"):
         MuseDataModule(FolderSource(str(grouped_root)), cache_dir="x", features={"n_mfccs": 13})
+    with pytest.raises(ValueError, match="max_file_seconds"):
+        MuseDataModule(FolderSource(str(grouped_root)), cache_dir="x", max_file_seconds=0)
+    # a run folder written before the window became the length rule still loads
+    old = MuseDataModule(FolderSource(str(grouped_root)), cache_dir="x", features={**CFG.to_dict(), "min_frames": 8})
+    assert old.feature_config == CFG
 
 
 def test_cache_key_does_not_depend_on_the_working_directory(tmp_path, monkeypatch, encoder):
@@ -345,3 +386,98 @@ def test_cache_key_does_not_depend_on_the_working_directory(tmp_path, monkeypatc
         dm = MuseDataModule(FolderSource(root), cache_dir=str(tmp_path / "cache"), text_encoder=encoder)
         keys.append(dm.cache_key())
     assert keys[0] == keys[1]
+
+
+# -- clip length: the model's window, long recordings, damaged caches ---------------------------------
+
+def folder_datamodule(root: Path, cache_dir: Path, encoder, **kwargs) -> MuseDataModule:
+    args = dict(context_frames=32, segment_frames=16, window_stride=8, batch_size=4, num_workers=1, seed=0)
+    return MuseDataModule(FolderSource(str(root)), cache_dir=str(cache_dir), text_encoder=encoder,
+                          **{**args, **kwargs})
+
+
+def test_clips_shorter_than_a_window_are_skipped_and_named(tmp_path: Path, encoder, caplog) -> None:
+    for i in range(4):
+        tone(tmp_path / "audio" / f"loop_{i}.wav", 200 + 50 * i, seconds=1.0)
+    tone(tmp_path / "audio" / "tick.wav", 0, seconds=0.2, timbre="drum")  # 9 frames < segment_frames=16
+    dm = folder_datamodule(tmp_path / "audio", tmp_path / "cache", encoder, val_fraction=0.25, test_fraction=0.25)
+    with caplog.at_level("WARNING", logger="musegen.data.datamodule"):
+        dm.setup("fit")
+    tick = dm.cache.paths.index(str(tmp_path / "audio" / "tick.wav"))
+    assert int(dm.cache.lengths[tick]) == 9 and dm.skipped == [tick]
+    assert [len(x) for x in window_index(dm.cache.lengths, [tick], 16, 8)] == [0, 0]  # no window, no error
+    used = sorted(i for s in ("train", "val", "test") for i in dm.clip_indices(s))
+    assert used == sorted(set(range(5)) - {tick})
+    assert all(len(dm.datasets[s]) > 0 for s in ("train", "val", "test"))
+    line = next(r.getMessage() for r in caplog.records if "skipped" in r.getMessage())
+    assert "tick.wav (0.209 s)" in line and "segment_frames=16" in line and "1 of 5 clips" in line
+    # a model with a shorter window uses the tick, from the same cache
+    small = folder_datamodule(tmp_path / "audio", tmp_path / "cache", encoder, context_frames=8, segment_frames=8)
+    small.setup("fit")
+    assert small.cache.path == dm.cache.path and small.skipped == []
+
+
+def test_every_clip_shorter_than_a_window_is_one_clear_error(tmp_path: Path, encoder) -> None:
+    for i, seconds in enumerate((0.1, 0.2, 0.3)):
+        tone(tmp_path / "hits" / f"hit_{i}.wav", 0, seconds=seconds, timbre="drum", seed=i)
+    dm = folder_datamodule(tmp_path / "hits", tmp_path / "cache", encoder)
+    with pytest.raises(TooShortError) as err:
+        dm.setup("fit")
+    msg = str(err.value)
+    assert str(tmp_path / "hits") in msg and "every one of the 3 clips" in msg
+    assert "longest has 13 frames (0.302 s)" in msg and "segment_frames=16 frames (0.372 s)" in msg
+    assert isinstance(err.value, ValueError) and isinstance(err.value, C.CacheError)
+
+
+@pytest.fixture(scope="module")
+def long_root(tmp_path_factory) -> Path:
+    """Three 3-minute recordings: a sine melody, a chord and noise bursts."""
+    root = tmp_path_factory.mktemp("long")
+    tone(root / "melody.wav", 330, seconds=180.0)
+    tone(root / "chord.wav", 220, seconds=180.0, timbre="saw")
+    tone(root / "noise.wav", 0, seconds=180.0, timbre="drum")
+    return root
+
+
+def test_long_recordings_are_split_into_clips_grouped_by_file(long_root: Path, tmp_path: Path, encoder) -> None:
+    dm = folder_datamodule(long_root, tmp_path / "cache", encoder, max_clip_seconds=30.0, val_fraction=0.34,
+                           test_fraction=0.33)
+    dm.setup("fit")
+    cache = dm.cache
+    assert len(cache) == 18 and dm.skipped == []
+    for name in ("melody", "chord", "noise"):
+        ids = [i for i, g in enumerate(cache.groups) if g == name]
+        assert [cache.starts[i] for i in ids] == [0.0, 30.0, 60.0, 90.0, 120.0, 150.0]
+        assert all(int(cache.lengths[i]) == 1292 for i in ids)  # 30 s at 22050 Hz, hop 512, centred
+        sides = [s for s in ("train", "val", "test") if set(ids) & set(dm.clip_indices(s))]
+        assert len(sides) == 1 and set(ids) <= set(dm.clip_indices(sides[0]))  # one recording, one side
+    report = json.loads((cache.path / "report.json").read_text())
+    assert report["clips"] == 18 and report["seconds"] == {"total": 540.0, "used": 540.0}
+    # capping each file reads only its start; the report says how much of the audio was used
+    capped = folder_datamodule(long_root, tmp_path / "cache", encoder, max_clip_seconds=30.0, max_file_seconds=45.0)
+    capped.setup("fit")
+    assert len(capped.cache) == 6 and capped.cache.starts == [0.0, 30.0] * 3
+    assert capped.cache.report["seconds"] == {"total": 540.0, "used": 135.0}
+
+
+def test_a_damaged_cache_is_discarded_and_rebuilt(grouped_root: Path, tmp_path: Path, encoder, caplog) -> None:
+    dm = folder_datamodule(grouped_root, tmp_path, encoder)
+    dm.setup("fit")
+    path, frames = dm.cache.path, dm.cache.frames.clone()
+    marker = json.loads((path / C.MARKER).read_text())
+    assert set(marker["files"]) == {"frames.pt", "text.pt", "meta.json", "report.json"}
+    assert marker["files"]["frames.pt"]["size"] == (path / "frames.pt").stat().st_size
+    blob = (path / "frames.pt").read_bytes()
+    (path / "frames.pt").write_bytes(blob[: len(blob) // 2])  # truncated, as by a full disk or a broken copy
+    with pytest.raises(C.CacheDamaged, match="frames.pt is damaged"):
+        C.load_cache(path)
+    again = folder_datamodule(grouped_root, tmp_path, encoder)
+    with caplog.at_level("WARNING", logger="musegen.data.cache"):
+        again.prepare_data()  # the marker is there: prepare_data trusts it, the load checks it
+        again.setup("fit")
+    assert [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()] == [
+        f"cache: {path / 'frames.pt'} is damaged (size {len(blob) // 2}, expected {len(blob)}; sha256 differs); "
+        "discarding it and rebuilding"]
+    assert again.cache.path == path and torch.equal(again.cache.frames, frames)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    assert len(again.datasets["train"]) == len(dm.datasets["train"]) > 0

@@ -3,44 +3,67 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pretty_midi
 import pytest
 import torch
+from conftest import run_script
 
 from musegen.audio import Synthesizer
-from musegen.evaluation import (
-    METRICS, EvalSettings, InstrumentClassifier, argmax_notes, fad, frechet_distance, midi_notes, next_segment_skill, note_f1,
-    pitch_class_profile, pitch_fidelity, pooled_embedding, profile_correlation, pyin_notes, rtf, skill,
+from musegen.eval.baselines import argmax_notes, linear_skill, pyin_notes
+from musegen.eval.harness import next_segment_skill
+from musegen.eval.metrics import (
+    InstrumentClassifier,
+    fad,
+    frechet_distance,
+    midi_notes,
+    note_f1,
+    pitch_class_profile,
+    pitch_fidelity,
+    pooled_embedding,
+    profile_correlation,
+    rtf,
+    skill,
 )
+from musegen.eval.run import METRICS, EvalSettings
 from musegen.features import FeatureConfig, extract
-from musegen.model import last_frame
-from musegen.predictor import NextSegment
+from musegen.model.heads import last_frame
+from musegen.model.normaliser import Normaliser
 
 FEATS = FeatureConfig()
+SETTINGS = dict(num_prompts=1, seconds=1.0, max_test_clips=2, guidance=None, temperature=None, seed=0,
+                write_samples=False, labels=None, max_labels=None, rtf_repeats=1, realism_seconds=4.0,
+                long_seconds=8.0, metrics=None)
 SR = FEATS.sample_rate
 
 
 # ---------------------------------------------------------------------------- skill
-class RampModule(NextSegment):
-    """A stand-in predictor on ramp data (frame t = t * slope), with NextSegment's real persistence
-    baseline: `gain` 1 is the perfect predictor, 0 is persistence (repeat the last frame), 0.5
+class RampModel(torch.nn.Module):
+    """A stand-in for MuseModel on ramp data (frame t = t * slope), with the model's interface as the
+    metrics use it: `gain` 1 is the perfect predictor, 0 is persistence (repeat the last frame), 0.5
     halfway (error 1/4 of persistence's)."""
 
     n_mfcc = 2
 
     def __init__(self, slope: torch.Tensor, segment: int, gain: float) -> None:
-        self.slope, self.segment, self.gain = slope, segment, gain
-        self.out_dim, self.net = len(slope), SimpleNamespace(segment_frames=segment)
+        super().__init__()
+        self.slope, self.segment_frames, self.gain = slope, segment, gain
+        self.out_dim = len(slope)
+        self.normaliser = Normaliser(len(slope))  # mean 0, std 1: normalised units are raw units
 
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+    def condition(self, text, reference):
+        return torch.zeros(len(text), 1)
 
-    def predict_next(self, context, mask, text, reference):
-        steps = torch.arange(1, self.segment + 1, dtype=torch.float32)[None, :, None]
+    def target(self, target):
+        return target
+
+    def mean(self, context, mask, cond):
+        steps = torch.arange(1, self.segment_frames + 1, dtype=torch.float32)[None, :, None]
         return last_frame(context, mask)[:, None, :] + self.gain * steps * self.slope
+
+    def persistence(self, context, mask):
+        return last_frame(context, mask)[:, None, :].expand(-1, self.segment_frames, -1)
 
 
 def ramp_batches(slope: torch.Tensor, context: int = 6, segment: int = 4, starts=(6, 9, 20)):
@@ -55,7 +78,7 @@ def ramp_batches(slope: torch.Tensor, context: int = 6, segment: int = 4, starts
 @pytest.mark.parametrize("gain, expected", [(1.0, 1.0), (0.0, 0.0), (0.5, 0.75)])
 def test_next_segment_skill_on_ramps(gain, expected):
     slope = torch.tensor([1.0, -0.5, 2.0])  # the third dimension is chroma: not scored
-    r = next_segment_skill(RampModule(slope, 4, gain), ramp_batches(slope))
+    r = next_segment_skill(RampModel(slope, 4, gain), ramp_batches(slope))
     assert r["skill"] == pytest.approx(expected, abs=1e-9)
     assert r["persistence_mse"] > 0
 
@@ -185,21 +208,21 @@ def test_rtf_and_settings_fail_fast():
     with pytest.raises(ValueError, match="wall_seconds"):
         rtf(1.0, 0.0)
     with pytest.raises(ValueError, match="num_prompts"):
-        EvalSettings(num_prompts=0)
+        EvalSettings(**{**SETTINGS, "num_prompts": 0})
     with pytest.raises(ValueError, match="max_test_clips"):
-        EvalSettings(max_test_clips=1)
+        EvalSettings(**{**SETTINGS, "max_test_clips": 1})
     with pytest.raises(ValueError, match="max_labels"):
-        EvalSettings(max_labels=0)
+        EvalSettings(**{**SETTINGS, "max_labels": 0})
 
 
 # ---------------------------------------------------------------------------- evaluate.py
 def test_evaluate_py_end_to_end(tmp_path, smoke_run):
-    from conftest import run_script
 
     out_dir = tmp_path / "eval"
-    out = run_script("evaluate.py", f"ckpt={smoke_run['ckpt']}", f"hydra.run.dir={out_dir}", "num_prompts=1",
-                     "seconds=1", "max_test_clips=2", "max_labels=2", "rtf.duration=1", "rtf.repeats=2",
-                     "write_samples=false")
+    out = run_script("evaluate.py", f"ckpt={smoke_run['ckpt']}", f"hydra.run.dir={out_dir}", "settings.num_prompts=1",
+                     "settings.seconds=1", "settings.max_test_clips=2", "settings.max_labels=2", "rtf.duration=1",
+                     "settings.rtf_repeats=2", "settings.write_samples=false",
+                     "settings.realism_seconds=4", "settings.long_seconds=8")
     results = json.loads((out_dir / "metrics.json").read_text())
     assert set(results["metrics"]) == set(METRICS)
     for name in METRICS:
@@ -212,15 +235,17 @@ def test_evaluate_py_end_to_end(tmp_path, smoke_run):
     assert results["data"]["config_from"].endswith(".hydra/config.yaml")
     assert "prompt_adherence" in out.stdout and "metrics.json" in out.stdout
     assert (out_dir / "rtf").is_dir() and len(results["metrics"]["rtf"]["details"]["wall_seconds"]) == 2
+    realism = results["metrics"]["realism"]["details"]
+    assert set(realism["descriptors"]) == {"generated", "reference", "real"}
+    assert realism["long_generation"]["last_window"]["onsets_per_second"] is not None
+    assert realism["notes"]["ground_truth_midi"]["notes_per_second"] > 0
 
 
 def test_linear_baseline_learns_a_linear_continuation():
     """Ramps continue linearly from the last frames: ridge regression predicts them almost exactly,
     far better than persistence."""
-    from musegen.evaluation import linear_skill
-
     slope = torch.tensor([1.0, -0.5, 2.0])
-    module = RampModule(slope, 4, 0.0)
+    model = RampModel(slope, 4, 0.0)
     train = list(ramp_batches(slope, starts=tuple(range(6, 36))))
-    value = linear_skill(module, train, ramp_batches(slope), frames=2, alpha=1e-6)
+    value = linear_skill(model, train, ramp_batches(slope), frames=2, alpha=1e-6)
     assert value > 0.99

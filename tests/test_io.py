@@ -9,10 +9,9 @@ from musegen.io import atomic_path, write_json
 def test_failed_write_leaves_the_old_file(tmp_path):
     target = tmp_path / "a.json"
     write_json(target, {"v": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
     assert target.read_text().count('"v": 1') == 1
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 

@@ -1,20 +1,28 @@
-"""The network and the LightningModule on small fixed batches."""
+"""The model (MuseModel: normaliser, conditioner, backbone, head) and the LightningModule around it."""
 import pytest
 import torch
 
-from musegen.checkpoint import load_predictor
-from musegen.model import MuseNet, last_frame
-from musegen.module import MuseModule, module_from_checkpoint
+from musegen.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_model
+from musegen.model.conditioning import ConditioningDropout, guide, reference_embedding
+from musegen.model.heads import HeadInput, MSEHead, Sampling, last_frame
+from musegen.model.muse import MuseModel, build_head
+from musegen.module import MuseModule
 
 FEATURES = dict(sample_rate=22050, n_mfcc=20, n_chroma=12, n_fft=2048, hop_length=512, n_mels=128)
+MSE = {"_target_": "musegen.model.heads.MSEHead", "hidden": 32, "dropout": 0.0, "skip_frames": 4,
+       "sampling": {"guidance": 3.0, "temperature": 0.5}}
+
+
+def model_args(**kw) -> dict:
+    args = dict(features=FEATURES, text_encoder={"_target_": "musegen.text.SentenceEncoder"}, text_dim=8,
+                backbone=dict(hidden=32, layers=1, dropout=0.0, fusion="film"), head=MSE, cond_dim=16,
+                context_frames=12, segment_frames=4)
+    args.update(kw)
+    return args
 
 
 def make_module(**kw) -> MuseModule:
-    args = dict(net=dict(hidden=32, layers=1, dropout=0.0, cond_dim=16, fusion="film"), text_dim=8,
-                features=FEATURES, text_encoder={"_target_": "musegen.text.SentenceEncoder"},
-                context_frames=12, segment_frames=4, lr=1e-2)
-    args.update(kw)
-    return MuseModule(**args)
+    return MuseModule(**{**model_args(), "lr": 1e-2, **kw})
 
 
 def make_batch(b=8, c=12, k=4, d=8, seed=0):
@@ -24,23 +32,29 @@ def make_batch(b=8, c=12, k=4, d=8, seed=0):
     seq = torch.sin(freq * t[None, :, None]) * 3 + torch.randn(b, 1, 32, generator=g)
     return {
         "context": seq[:, :c], "context_mask": torch.ones(b, c, dtype=torch.bool), "target": seq[:, c:],
-        "text": torch.randn(b, d, generator=g), "reference": torch.cat([seq.mean(1), seq.std(1)], -1),
+        "text": torch.randn(b, d, generator=g), "reference": torch.stack([reference_embedding(s) for s in seq]),
         "label": torch.zeros(b, dtype=torch.long),
     }
 
 
 @pytest.mark.parametrize("fusion", ["film", "concat"])
-def test_forward_shapes(fusion):
-    net = MuseNet(feature_dim=32, out_dim=32, text_dim=8, ref_dim=64, segment_frames=4, hidden=16, layers=2,
-                  cond_dim=8, fusion=fusion)
-    ctx, mask = torch.randn(3, 10, 32), torch.ones(3, 10, dtype=torch.bool)
-    cond = net.conditioning(torch.randn(3, 8), torch.randn(3, 64))
-    assert net(ctx, mask, cond).shape == (3, 4, 32)
+def test_prediction_shapes(fusion):
+    model = MuseModel(**model_args(backbone=dict(hidden=16, layers=2, fusion=fusion))).eval()
+    batch = make_batch(b=3)
+    cond = model.condition(batch["text"], batch["reference"])
+    assert model.mean(batch["context"], batch["context_mask"], cond).shape == (3, 4, 32)
+    assert model.persistence(batch["context"], batch["context_mask"]).shape == (3, 4, 32)
 
 
 def test_unknown_fusion_is_rejected():
     with pytest.raises(ValueError, match="fusion"):
-        MuseNet(fusion="sum")
+        MuseModel(**model_args(backbone=dict(hidden=8, fusion="sum")))
+
+
+def test_a_head_outside_musegen_is_refused():
+    with pytest.raises(ValueError, match="model.head._target_"):
+        build_head({"_target_": "os.system"}, state_dim=4, feature_dim=32, out_dim=32, segment_frames=4,
+                   context_frames=8, n_mfcc=20)
 
 
 def test_last_frame_respects_mask():
@@ -50,66 +64,72 @@ def test_last_frame_respects_mask():
 
 
 def test_empty_context_prediction_depends_on_text():
-    net = MuseNet(feature_dim=32, out_dim=32, text_dim=8, ref_dim=64, segment_frames=4, hidden=16, layers=1, cond_dim=8)
-    ctx, mask = torch.zeros(2, 10, 32), torch.zeros(2, 10, dtype=torch.bool)
-    a = net(ctx, mask, net.conditioning(torch.randn(2, 8), torch.zeros(2, 64)))
-    b = net(ctx, mask, net.conditioning(torch.randn(2, 8), torch.zeros(2, 64)))
+    model = MuseModel(**model_args()).eval()
+    ctx, mask = torch.zeros(2, 12, 32), torch.zeros(2, 12, dtype=torch.bool)
+    ref = torch.zeros(2, 64)
+    a = model.mean(ctx, mask, model.condition(torch.randn(2, 8), ref))
+    b = model.mean(ctx, mask, model.condition(torch.randn(2, 8), ref))
     assert not torch.allclose(a, b)
 
 
-def test_guidance_dropout_replaces_text_with_null():
-    m = make_module(cond_dropout=1.0)
-    torch.manual_seed(0)
+def test_conditioning_dropout_replaces_text_with_the_null_vector():
     batch = make_batch()
-    _, drop_text, drop_ref = m._inputs(batch, train=True)
+    torch.manual_seed(0)
+    _, drop_text, _ = ConditioningDropout(1.0, 0.0, 0.0)(batch["context_mask"])
     assert drop_text.all()
-    m2 = make_module(cond_dropout=0.0)
-    _, drop_text, _ = m2._inputs(batch, train=True)
-    assert not drop_text.any()
-    m3 = make_module(cond_dropout=0.3)
-    torch.manual_seed(1)
-    rate = torch.stack([m3._inputs(batch, train=True)[1] for _ in range(200)]).float().mean()
+    _, drop_text, drop_ref = ConditioningDropout(0.0, 0.0, 0.0)(batch["context_mask"])
+    assert not drop_text.any() and not drop_ref.any()
+    dropout = ConditioningDropout(0.3, 0.0, 0.0)
+    rate = torch.stack([dropout(batch["context_mask"])[1] for _ in range(200)]).float().mean()
     assert 0.2 < rate < 0.4
     # with the text dropped the text itself cannot change the prediction
+    model = MuseModel(**model_args()).eval()
     ones = torch.ones(8, dtype=torch.bool)
-    a = m.predict_next(batch["context"], batch["context_mask"], batch["text"], batch["reference"], ones, None)
-    b = m.predict_next(batch["context"], batch["context_mask"], torch.randn(8, 8), batch["reference"], ones, None)
+    ctx, mask, ref = batch["context"], batch["context_mask"], batch["reference"]
+    a = model.mean(ctx, mask, model.condition(batch["text"], ref, ones))
+    b = model.mean(ctx, mask, model.condition(torch.randn(8, 8), ref, ones))
     assert torch.allclose(a, b)
 
 
 def test_context_dropout_shortens_from_the_left():
-    m = make_module(context_dropout=1.0)
     torch.manual_seed(0)
-    mask = m._shorten_context(torch.ones(64, 12, dtype=torch.bool))
+    mask = ConditioningDropout(0.0, 0.0, 1.0).shorten_context(torch.ones(64, 12, dtype=torch.bool))
     counts = mask.sum(1)
     assert counts.min() == 0 and counts.max() <= 11
     for row, n in zip(mask, counts):  # kept frames are the last n
         assert row[12 - int(n):].all()
 
 
+def test_guidance_combines_as_documented():
+    cond, uncond = torch.tensor([2.0]), torch.tensor([1.0])
+    assert guide(cond, uncond, 0.0).item() == 1.0 and guide(cond, uncond, 1.0).item() == 2.0
+    assert guide(cond, uncond, 3.0).item() == 4.0
+
+
 def test_overfits_a_fixed_batch_to_high_skill():
     torch.manual_seed(0)
-    m = make_module(cond_dropout=0.0, ref_dropout=0.0, context_dropout=0.0)
+    model = MuseModel(**model_args())
     batch = make_batch(b=16)
     frames = torch.cat([batch["context"], batch["target"]], 1).reshape(-1, 32)
-    m.set_stats(frames.mean(0), frames.std(0))
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    first = None
+    model.normaliser.set_stats(frames.mean(0), frames.std(0))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
     for _ in range(300):
-        pred, target, _ = m._step(batch, train=False)
-        loss = m._loss(pred, target)
-        first = first if first is not None else loss.item()
+        cond = model.condition(batch["text"], batch["reference"])
+        loss = model.loss(batch["context"], batch["context_mask"], cond, batch["target"])["loss"]
+        losses.append(loss.item())
         opt.zero_grad()
         loss.backward()
         opt.step()
-    m.eval()
+    model.eval()
     with torch.no_grad():
-        pred, target, mask = m._step(batch, train=False)
-        persist = last_frame(m.normalise(batch["context"]), mask)[:, None].expand_as(target)
-        model_mse = ((pred - target) ** 2)[..., :20].mean()
-        persist_mse = ((persist - target) ** 2)[..., :20].mean()
-    assert loss.item() < first
-    assert 1 - model_mse / persist_mse > 0.5
+        cond = model.condition(batch["text"], batch["reference"])
+        pred = model.mean(batch["context"], batch["context_mask"], cond)
+        target = model.target(batch["target"])
+        persist = model.persistence(batch["context"], batch["context_mask"])
+        skill = 1 - ((pred - target) ** 2)[..., :20].mean() / ((persist - target) ** 2)[..., :20].mean()
+    assert losses[-1] < losses[0] / 4
+    assert skill > 0.5
 
 
 def test_invalid_dropout_is_rejected():
@@ -119,32 +139,53 @@ def test_invalid_dropout_is_rejected():
 
 def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     torch.manual_seed(0)
-    m = make_module().eval()
-    batch = make_batch()
-    m.set_stats(torch.randn(32), torch.rand(32) + 0.5)
+    module = make_module().eval()
+    module.model.normaliser.set_stats(torch.randn(32), torch.rand(32) + 0.5)
     path = tmp_path / "m.ckpt"
-    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams)}, path)
-    loaded, predictor = module_from_checkpoint(path), load_predictor(path)  # training and inference classes
-    args = (batch["context"], batch["context_mask"], batch["text"], batch["reference"])
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    model = load_model(path)
+    batch = make_batch()
+    ctx, mask, text, ref = batch["context"], batch["context_mask"], batch["text"], batch["reference"]
     with torch.no_grad():
-        assert torch.equal(m.predict_next(*args), loaded.predict_next(*args))
-        assert torch.equal(m.predict_next(*args), predictor.predict_next(*args))
-        assert torch.equal(m.persistence(*args[:2]), predictor.persistence(*args[:2]))
-    assert predictor.hparams.segment_frames == m.hparams.segment_frames
+        a = module.model.mean(ctx, mask, module.model.condition(text, ref))
+        b = model.mean(ctx, mask, model.condition(text, ref))
+    assert torch.equal(a, b)
+    assert model.segment_frames == 4 and model.default_sampling == {"guidance": 3.0, "temperature": 0.5}
+
+
+def test_an_older_checkpoint_format_is_refused_with_its_version(tmp_path):
+    module = make_module()
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": module.state_dict(),
+                "hyper_parameters": {**dict(module.hparams), "format_version": CHECKPOINT_FORMAT - 1}}, path)
+    with pytest.raises(CheckpointError, match=f"format {CHECKPOINT_FORMAT - 1}, this musegen reads format"):
+        load_model(path)
 
 
 def test_skip_path_needs_that_many_context_frames():
     with pytest.raises(ValueError, match="skip_frames"):
-        make_module(net=dict(hidden=8, layers=1, cond_dim=4, skip_frames=20), context_frames=12)
+        make_module(head={**MSE, "skip_frames": 20})
 
 
 def test_linear_skip_path_alone_can_carry_the_prediction():
-    net = MuseNet(feature_dim=32, out_dim=32, text_dim=8, ref_dim=64, segment_frames=4, hidden=8, layers=1,
-                  cond_dim=4, skip_frames=3)
-    for p in net.head.parameters():
+    head = MSEHead(state_dim=6, feature_dim=32, out_dim=32, segment_frames=4, context_frames=10, n_mfcc=20,
+                   hidden=8, skip_frames=3)
+    for p in head.mlp.parameters():
         torch.nn.init.zeros_(p)
     ctx, mask = torch.randn(2, 10, 32), torch.ones(2, 10, dtype=torch.bool)
-    cond = net.conditioning(torch.randn(2, 8), torch.randn(2, 64))
     changed = ctx.clone()
-    changed[:, -2] += 1.0  # a frame only the skip path sees directly (the head is zero)
-    assert not torch.allclose(net(ctx, mask, cond), net(changed, mask, cond))
+    changed[:, -2] += 1.0  # a frame only the skip path sees (the MLP is zero, the last frame unchanged)
+    state = torch.randn(2, 6)
+    assert not torch.allclose(head.mean(HeadInput(state, ctx, mask)), head.mean(HeadInput(state, changed, mask)))
+
+
+def test_mse_head_samples_with_noise_scaled_by_the_residual_and_temperature():
+    head = MSEHead(state_dim=6, feature_dim=32, out_dim=32, segment_frames=4, context_frames=10, n_mfcc=20)
+    head.calibrate(torch.full((32,), 4.0))  # residual std 2
+    x = HeadInput(torch.randn(3, 6), torch.randn(3, 10, 32), torch.ones(3, 10, dtype=torch.bool))
+    head.eval()
+    mean = head.mean(x)
+    still = head.sample(x, Sampling(guidance=None, temperature=0.0), torch.Generator().manual_seed(0))
+    noisy = head.sample(x, Sampling(guidance=None, temperature=0.5), torch.Generator().manual_seed(0))
+    assert torch.equal(still, mean)
+    assert 0.8 < float((noisy - mean).std()) < 1.2  # 0.5 * 2

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT, run_script
+
 from musegen.checkpoint import CheckpointError, file_sha256, read_checkpoint
 from musegen.checkpoint_io import AtomicCheckpointIO
 
@@ -86,8 +86,9 @@ def test_optuna_sweep_writes_summary_and_best_parameters(data_dir, tmp_path):
     assert [t["job"] for t in trials] == [0, 1]
     assert all(t["status"] == "COMPLETED" and math.isfinite(t["value"]) for t in trials)
     assert summary["best"]["value"] == max(t["value"] for t in trials)
-    space = {"model.lr", "model.net.hidden", "model.net.layers", "model.net.dropout", "model.cond_dropout",
-             "model.net.fusion", "model.segment_frames"}
+    space = {"model.lr", "model.backbone.hidden", "model.backbone.layers", "model.backbone.dropout",
+             "model.cond_dropout",
+             "model.backbone.fusion", "model.segment_frames"}
     assert {o.split("=")[0] for o in trials[0]["overrides"]} >= space
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(results["best_params"]) == space
@@ -107,7 +108,7 @@ def test_joblib_multirun_runs_jobs_in_parallel_under_one_tensorboard_logdir(data
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    run_script("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.net.hidden=8,16",
+    run_script("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.backbone.hidden=8,16",
                *SMOKE, "callbacks=none", "test=false", f"paths.root_dir={tmp_path}", f"paths.data_dir={data_dir}")
     sweep = _sweep_dir(tmp_path)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
@@ -123,7 +124,7 @@ def test_joblib_multirun_runs_jobs_in_parallel_under_one_tensorboard_logdir(data
     for run, tags in mux.PluginRunToTagToContent("hparams").items():
         assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(tags)
         start = plugin_data_pb2.HParamsPluginData.FromString(tags["_hparams_/session_start_info"])
-        hidden[run] = start.session_start_info.hparams["model/net/hidden"].number_value
+        hidden[run] = start.session_start_info.hparams["model/backbone/hidden"].number_value
         experiment = plugin_data_pb2.HParamsPluginData.FromString(tags["_hparams_/experiment"])
         assert "val/skill" in [m.name.tag for m in experiment.experiment.metric_infos]
         assert "val/skill" in mux.GetAccumulator(run).Tags()["scalars"]
@@ -132,6 +133,24 @@ def test_joblib_multirun_runs_jobs_in_parallel_under_one_tensorboard_logdir(data
 
 # -- kill and resume ------------------------------------------------------------------------------
 SKILL = re.compile(r"val/skill = (\S+)")
+
+
+def _crash_at(marker: Path, epoch: int, batch: int) -> list[str]:
+    """Overrides that park training at (epoch, batch) and write `marker` there (tests/crashpoint.py)."""
+    return ["+callbacks.crash._target_=crashpoint.CrashPoint", f"+callbacks.crash.marker={marker}",
+            f"+callbacks.crash.epoch={epoch}", f"+callbacks.crash.batch={batch}"]
+
+
+def _kill_when_parked(victim: subprocess.Popen, marker: Path) -> None:
+    """SIGKILL `victim` once its CrashPoint has written `marker`."""
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        assert victim.poll() is None, f"the run to kill ended early:\n{victim.communicate()[0][-4000:]}"
+        assert time.monotonic() < deadline, "the run never reached its crash point"
+        time.sleep(0.1)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate(timeout=60)
+    assert victim.returncode == -signal.SIGKILL
 
 
 def test_killed_run_resumes_to_the_uninterrupted_runs_metrics(data_dir, tmp_path):
@@ -146,18 +165,9 @@ def test_killed_run_resumes_to_the_uninterrupted_runs_metrics(data_dir, tmp_path
     common = ["experiment=smoke", "callbacks=none", "test=false", "trainer.max_epochs=2", "data.batch_size=4",
               "resume=auto", f"paths.root_dir={tmp_path}", f"paths.data_dir={data_dir}"]
     marker = tmp_path / "crashed"
-    crash = ["run_name=crashed", "+callbacks.crash._target_=crashpoint.CrashPoint",
-             f"+callbacks.crash.marker={marker}", "+callbacks.crash.epoch=1", "+callbacks.crash.batch=10"]
+    crash = ["run_name=crashed", *_crash_at(marker, epoch=1, batch=10)]
     reference = _start(*common, "run_name=reference")
-    victim = _start(*common, *crash)
-    deadline = time.monotonic() + 240
-    while not marker.exists():
-        assert victim.poll() is None, f"the run to kill ended early:\n{victim.communicate()[0][-4000:]}"
-        assert time.monotonic() < deadline, "the run never reached its crash point"
-        time.sleep(0.1)
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate(timeout=60)
-    assert victim.returncode == -signal.SIGKILL
+    _kill_when_parked(_start(*common, *crash), marker)
     run = tmp_path / "outputs" / "smoke" / "crashed"
     at_kill = read_checkpoint(run / "checkpoints" / "last.ckpt")
     assert at_kill["epoch"] == 0  # the kill landed in epoch 1, after epoch 0's checkpoint
@@ -177,11 +187,48 @@ def test_killed_run_resumes_to_the_uninterrupted_runs_metrics(data_dir, tmp_path
         torch.testing.assert_close(final["state_dict"][name], tensor, atol=1e-6, rtol=0, msg=name)
 
 
+def test_run_killed_after_an_epoch_that_did_not_improve_resumes_from_that_epoch(data_dir, tmp_path):
+    """last.ckpt is the latest epoch's state whether or not val/loss improved: SIGKILL just after epoch 1
+    (at the first batch of epoch 2) of a run whose val/loss cannot improve after epoch 0, and the same
+    command resumes from epoch 1, not from the best checkpoint (epoch 0), and ends as an uninterrupted run.
+
+    model.lr=0 makes "does not improve" exact rather than likely: the weights never move, validation is
+    deterministic, so every epoch's val/loss equals epoch 0's and the best checkpoint (strictly lower
+    val/loss) stays epoch 0's. Training still runs, so the optimiser's moments and step counts, which the
+    comparison with the uninterrupted run checks, depend on every batch and dropout mask since the start.
+    """
+    common = ["experiment=smoke", "callbacks=none", "test=false", "trainer.max_epochs=3", "model.lr=0",
+              "resume=auto", f"paths.root_dir={tmp_path}", f"paths.data_dir={data_dir}"]
+    marker = tmp_path / "crashed"
+    crash = ["run_name=crashed", *_crash_at(marker, epoch=2, batch=0)]
+    reference = _start(*common, "run_name=reference")
+    _kill_when_parked(_start(*common, *crash), marker)
+    checkpoints = tmp_path / "outputs" / "smoke" / "crashed" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["epoch_000.ckpt", "last.ckpt"]  # no improvement
+    best, at_kill = read_checkpoint(checkpoints / "epoch_000.ckpt"), read_checkpoint(checkpoints / "last.ckpt")
+    assert (best["epoch"], at_kill["epoch"]) == (0, 1)
+    assert at_kill["global_step"] == 2 * best["global_step"]
+
+    resumed = _finish(_start(*common, *crash))
+    assert f"resuming from {checkpoints / 'last.ckpt'}" in resumed
+    assert "restored the random state saved with the checkpoint (epoch 2)" in resumed
+    ref_out = _finish(reference)
+
+    final, ref = (read_checkpoint(tmp_path / "outputs" / "smoke" / name / "checkpoints" / "last.ckpt")
+                  for name in ("crashed", "reference"))
+    assert (final["epoch"], final["global_step"]) == (ref["epoch"], ref["global_step"]) == (2, 3 * best["global_step"])
+    assert float(SKILL.findall(resumed)[-1]) == float(SKILL.findall(ref_out)[-1])
+    torch.testing.assert_close([s["state"] for s in final["optimizer_states"]],
+                               [s["state"] for s in ref["optimizer_states"]], atol=1e-6, rtol=0)
+    for name, tensor in ref["state_dict"].items():
+        torch.testing.assert_close(final["state_dict"][name], tensor, atol=0, rtol=0, msg=name)
+
+
 # -- atomic checkpoints ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
     """A tiny run fitted in this process for one epoch: (its composed config, its run folder)."""
-    from musegen.training import build
+    from musegen.apps.train import build
 
     root = tmp_path_factory.mktemp("trained")
     threads = torch.get_num_threads()
@@ -231,7 +278,7 @@ def _no_temp_files(folder: Path) -> list[str]:
 
 @pytest.mark.filterwarnings("ignore:Checkpoint directory", "ignore:The dirpath has changed")  # a copied run
 def test_failed_save_during_training_keeps_the_previous_last_ckpt(one_epoch, monkeypatch):
-    from musegen.training import build
+    from musegen.apps.train import build
 
     cfg, run = one_epoch
     last = run / "checkpoints" / "last.ckpt"
@@ -279,7 +326,7 @@ def test_sigkill_during_save_never_leaves_a_corrupt_last_ckpt(one_epoch):
     # an unprotected write of the same bytes would have left a truncated last.ckpt
     data = last.read_bytes()
     last.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+    with pytest.raises(CheckpointError, match="unreadable"):
         read_checkpoint(last)
 
 
@@ -300,8 +347,8 @@ def test_ddp_trainer_saves_atomically_and_renders_samples_on_rank_zero_only(data
     """The 2-process run itself is tests/test_training.py's; here, cheaply, what each rank would do."""
     from types import SimpleNamespace
 
+    from musegen.apps.train import build
     from musegen.callbacks import SampleRenderer
-    from musegen.training import build
 
     cfg = _compose("experiment=smoke", "trainer=ddp_cpu", "~logger", f"paths.root_dir={tmp_path}",
                    f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'run'}")

@@ -11,13 +11,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from musegen.lyrics import write_lyrics
 from musegen.text import (
     HFEncoder,
     SentenceEncoder,
     TextEncoder,
     TextModelUnavailable,
     is_null_text,
-    write_lyrics,
 )
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "text"
@@ -178,4 +178,4 @@ def test_unknown_model_offline_gives_one_clear_error(make) -> None:  # noqa: ANN
 def test_missing_local_folder(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     with pytest.raises(TextModelUnavailable, match="no such folder"):
-        HFEncoder(model=str(missing)).dim
+        _ = HFEncoder(model=str(missing)).dim

@@ -2,10 +2,10 @@
 from pathlib import Path
 
 import torch
+from conftest import run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_script
-from musegen.module import module_from_checkpoint
+from musegen.checkpoint import load_model
 
 
 def _events(run: Path) -> EventAccumulator:
@@ -33,9 +33,9 @@ def test_checkpoint_is_plain_data_with_everything_generation_needs(smoke_run):
     ckpt = torch.load(smoke_run["ckpt"], map_location="cpu", weights_only=True)
     hp = ckpt["hyper_parameters"]
     assert hp["features"]["n_mfcc"] == 20 and hp["text_encoder"]["_target_"].startswith("musegen.text.")
-    assert ckpt["state_dict"]["stats_ready"].item()
-    module = module_from_checkpoint(smoke_run["ckpt"])
-    assert not torch.equal(module.std, torch.ones_like(module.std))  # normalisation statistics travelled
+    assert ckpt["state_dict"]["model.normaliser.ready"].item()
+    std = load_model(smoke_run["ckpt"]).normaliser.std
+    assert not torch.equal(std, torch.ones_like(std))  # normalisation statistics travelled
 
 
 def test_ddp_cpu_two_processes_leave_one_run_folder(tmp_path):
@@ -47,8 +47,19 @@ def test_ddp_cpu_two_processes_leave_one_run_folder(tmp_path):
     assert len(list((tmp_path / "data" / "cache").iterdir())) == 1  # the cache was built once
 
 
-def test_fine_tuning_starts_from_a_checkpoint(smoke_run, tmp_path):
+def test_fine_tuning_starts_from_a_checkpoint_with_its_own_lr_and_frozen_parts(smoke_run, tmp_path):
     out = run_script("train.py", "experiment=smoke", "callbacks=none", "test=false", "trainer.max_epochs=1",
-                     f"paths.root_dir={smoke_run['root']}", "run_name=finetune", f"init_from={smoke_run['ckpt']}")
+                     f"paths.root_dir={smoke_run['root']}", "run_name=finetune", f"init_from={smoke_run['ckpt']}",
+                     "finetune.lr=5e-4", "finetune.freeze=[backbone]")
     assert "initialised weights and normalisation from" in out.stderr + out.stdout
-    assert (smoke_run["root"] / "outputs" / "smoke" / "finetune" / "checkpoints" / "last.ckpt").is_file()
+    tuned = torch.load(smoke_run["root"] / "outputs" / "smoke" / "finetune" / "checkpoints" / "last.ckpt",
+                       map_location="cpu", weights_only=True)
+    source = torch.load(smoke_run["ckpt"], map_location="cpu", weights_only=True)
+    hp = tuned["hyper_parameters"]
+    assert hp["lr"] == 5e-4 and hp["init_from"]["path"] == str(smoke_run["ckpt"])
+    for name, value in source["state_dict"].items():
+        if name.startswith("model.backbone."):
+            assert torch.equal(tuned["state_dict"][name], value), name  # frozen
+    head = next(k for k in source["state_dict"] if k.startswith("model.head.") and k.endswith("weight"))
+    assert not torch.equal(tuned["state_dict"][head], source["state_dict"][head]), head
+    assert torch.equal(tuned["state_dict"]["model.normaliser.mean"], source["state_dict"]["model.normaliser.mean"])

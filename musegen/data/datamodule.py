@@ -4,11 +4,21 @@ A window is `context_frames` frames of context (left-padded with zeros and maske
 fewer before the target, down to none at t = 0, so the model also learns to start from text alone)
 followed by a target of `segment_frames` frames. Frames are sliced lazily from the cache, so a
 dataset holds only two index tensors.
+
+Clips shorter than one window (fewer than `segment_frames` frames, the model's own
+model.segment_frames) are skipped before the split: a target cannot be padded, since the loss is taken
+on every target frame, and the context is padded and masked already. Each skipped clip is named in the
+setup's summary log with its length, and kept in `skipped`. This is the only length rule: the cache
+stores every clip, whatever its length, so cache and model cannot disagree, and a model with a shorter
+window uses the same cache. A source where every clip is shorter than a window raises TooShortError,
+naming the source and the lengths.
+
+Long recordings are split by the cache into consecutive clips of `max_clip_seconds`, all in the file's
+group; `max_file_seconds` caps how much of each file is read (None: all of it).
 """
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -16,30 +26,35 @@ from typing import Any
 
 import lightning as L
 import torch
-from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.utils.data import DataLoader
 
-from musegen.data.cache import (
-    DEFAULT_MAX_SECONDS, CacheError, FeatureCache, build_cache, cache_key, find_cache, load_cache,
-)
+from musegen.data.build import build_cache, open_cache
+from musegen.data.cache import DEFAULT_CLIP_SECONDS, CacheError, FeatureCache, cache_key
 from musegen.data.clips import Clip
+from musegen.data.splits import split_groups
+from musegen.data.windows import EpochShuffle, WindowDataset
 from musegen.features import FeatureConfig
+from musegen.model.conditioning import reference_embedding
+from musegen.text import SentenceEncoder
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 STD_FLOOR = 1e-3
+SHOW_SKIPPED = 50  # skipped clips named in the summary log line
+# Feature settings of earlier versions that no longer exist, dropped so their run folders still load.
+RETIRED_FEATURES = {"min_frames": "the minimum clip length is now the model's window, model.segment_frames"}
 
 
-def _plain(obj: Any) -> Any:
+class TooShortError(CacheError, ValueError):
+    """Every clip of a source is shorter than one training window; the message says by how much."""
+
+
+def plain_config(obj: Any) -> Any:
     """OmegaConf containers -> plain dict/list, so hyper-parameters load with weights_only=True."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra
-        pass
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True)
     return obj
 
 
@@ -49,18 +64,21 @@ def feature_config(features: Mapping[str, Any] | FeatureConfig | None) -> Featur
         return FeatureConfig()
     if isinstance(features, FeatureConfig):
         return features
+    for key in RETIRED_FEATURES.keys() & set(features):
+        log.info("features.%s is ignored: %s", key, RETIRED_FEATURES[key])
+    features = {k: v for k, v in features.items() if k not in RETIRED_FEATURES}
     unknown = set(features) - set(FeatureConfig.__dataclass_fields__)
     if unknown:
-        raise ValueError(f"features: unknown key(s) {sorted(unknown)}; known: {sorted(FeatureConfig.__dataclass_fields__)}")
+        known = sorted(FeatureConfig.__dataclass_fields__)
+        raise ValueError(f"features: unknown key(s) {sorted(unknown)}; known: {known}")
     return FeatureConfig(**dict(features))
 
 
 def clip_references(cache: FeatureCache) -> torch.Tensor:
-    """Per-clip pooled reference embedding: mean and std over time of the raw frames, [n, 2 * dim]."""
+    """Per-clip reference embedding (musegen.model.conditioning.reference_embedding), [n, 2 * dim]."""
     out = torch.empty(len(cache), 2 * cache.frames.shape[1], dtype=torch.float32)
     for i in range(len(cache)):
-        frames = cache.clip_frames(i).double()
-        out[i] = torch.cat([frames.mean(0), frames.std(0, unbiased=False)]).float()
+        out[i] = reference_embedding(cache.clip_frames(i))
     return out
 
 
@@ -80,120 +98,6 @@ def frame_stats(cache: FeatureCache, clips: list[int], floor: float = STD_FLOOR)
     return {"mean": mean.float(), "std": std.float()}
 
 
-def split_groups(groups: list[str], labels: list[str], val_fraction: float, test_fraction: float,
-                 seed: int) -> dict[str, list[str]]:
-    """Assign whole groups to train/val/test with scikit-learn, stratified by label where possible.
-
-    With >= 2 groups val gets at least one (if val_fraction > 0); with >= 3 test does too (if
-    test_fraction > 0); train always keeps at least one.
-    """
-    unique = sorted(set(groups))
-    group_label = _group_labels(groups, labels)
-    n_test, n_val = _split_sizes(len(unique), val_fraction, test_fraction)
-    rest, test = _take(unique, group_label, n_test, seed)
-    train, val = _take(rest, group_label, n_val, seed + 1)
-    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
-
-
-def _group_labels(groups: list[str], labels: list[str]) -> dict[str, str]:
-    """The majority label of each group (a piece can be rendered on several instruments)."""
-    counts: dict[str, Counter] = {}
-    for g, y in zip(groups, labels):
-        counts.setdefault(g, Counter())[y] += 1
-    return {g: c.most_common(1)[0][0] for g, c in counts.items()}
-
-
-def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
-    n_test = round(test_fraction * n)
-    n_val = round(val_fraction * n)
-    if test_fraction > 0 and n >= 3:
-        n_test = max(n_test, 1)
-    if val_fraction > 0 and n >= 2:
-        n_val = max(n_val, 1)
-    while n_test + n_val > n - 1 and (n_test or n_val):  # train keeps at least one group
-        if n_test >= n_val and n_test:
-            n_test -= 1
-        else:
-            n_val -= 1
-    return n_test, n_val
-
-
-def _take(items: list[str], group_label: dict[str, str], n: int, seed: int) -> tuple[list[str], list[str]]:
-    """Split `n` items off `items`, stratified by their label when every class allows it."""
-    if n == 0:
-        return list(items), []
-    strata = [group_label[g] for g in items]
-    try:
-        rest, taken = train_test_split(items, test_size=n, random_state=seed, stratify=strata)
-    except ValueError:  # a class with one group, or fewer taken than classes: plain random
-        rest, taken = train_test_split(items, test_size=n, random_state=seed)
-    return list(rest), list(taken)
-
-
-def window_index(lengths: torch.Tensor, clips: list[int], segment: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clip, start) of every target window: starts 0, stride, ... while the target fits."""
-    clip_ids, starts = [], []
-    for c in clips:
-        t = torch.arange(0, int(lengths[c]) - segment + 1, stride, dtype=torch.long)
-        clip_ids.append(torch.full_like(t, c))
-        starts.append(t)
-    if not clip_ids:
-        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
-    return torch.cat(clip_ids), torch.cat(starts)
-
-
-class WindowDataset(Dataset):
-    """Training windows of some clips of a FeatureCache; frames are sliced on access."""
-
-    def __init__(self, cache: FeatureCache, clips: list[int], context_frames: int, segment_frames: int,
-                 stride: int, references: torch.Tensor, label_ids: torch.Tensor) -> None:
-        self.frames, self.offsets = cache.frames, cache.offsets
-        self.text, self.caption_index = cache.text, cache.caption_index
-        self.references, self.label_ids = references, label_ids
-        self.context_frames, self.segment_frames = context_frames, segment_frames
-        self.clips = list(clips)
-        self.clip_ids, self.starts = window_index(cache.lengths, self.clips, segment_frames, stride)
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        c, t = int(self.clip_ids[i]), int(self.starts[i])
-        base, C, K = int(self.offsets[c]), self.context_frames, self.segment_frames
-        n = min(t, C)
-        context = torch.zeros(C, self.frames.shape[1], dtype=torch.float32)
-        mask = torch.zeros(C, dtype=torch.bool)
-        if n:
-            context[C - n:] = self.frames[base + t - n: base + t]
-            mask[C - n:] = True
-        return {
-            "context": context,
-            "context_mask": mask,
-            "target": self.frames[base + t: base + t + K].clone(),
-            "text": self.text[self.caption_index[c]].clone(),
-            "reference": self.references[c].clone(),
-            "label": self.label_ids[c].clone(),
-            "clip": torch.tensor(c, dtype=torch.long),
-        }
-
-
-class EpochShuffle(RandomSampler):
-    """Shuffles with a generator seeded by (seed, epoch), so epoch e has the same order whether the run
-    was interrupted and resumed or not (Lightning calls set_epoch before every training epoch). A
-    RandomSampler, so under DDP Lightning swaps in its DistributedSampler, which does the same per rank."""
-
-    def __init__(self, data_source: Dataset, seed: int) -> None:
-        super().__init__(data_source)
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
-
-
 def absolute(clip: Clip) -> Clip:
     return replace(clip, path=str(Path(clip.path).resolve()),
                    midi=str(Path(clip.midi).resolve()) if clip.midi else None)
@@ -206,11 +110,11 @@ class MuseDataModule(L.LightningDataModule):
                  text_encoder: Any = None, context_frames: int = 32, segment_frames: int = 16,
                  window_stride: int = 8, batch_size: int = 32, num_workers: int = 2, loader_workers: int = 0,
                  val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
-                 max_clip_seconds: float | None = DEFAULT_MAX_SECONDS) -> None:
+                 max_clip_seconds: float | None = DEFAULT_CLIP_SECONDS, max_file_seconds: float | None = None) -> None:
         super().__init__()
-        features = feature_config(_plain(features)).to_dict()  # plain dict: checkpoints load weights_only
+        features = feature_config(plain_config(features)).to_dict()  # plain dict: checkpoints load weights_only
         self._check_args(context_frames, segment_frames, window_stride, batch_size, num_workers,
-                         loader_workers, val_fraction, test_fraction, max_clip_seconds)
+                         loader_workers, val_fraction, test_fraction, max_clip_seconds, max_file_seconds)
         self.save_hyperparameters(ignore=["source", "text_encoder"])
         self.source = source
         self.feature_config = FeatureConfig.from_dict(features)
@@ -221,12 +125,13 @@ class MuseDataModule(L.LightningDataModule):
         self.stats: dict[str, torch.Tensor] | None = None
         self.labels: list[str] = []
         self.split_clips: dict[str, list[int]] = {}
+        self.skipped: list[int] = []  # clips (into `cache`) shorter than one window
         self.datasets: dict[str, WindowDataset] = {}
 
     @staticmethod
     def _check_args(context_frames: int, segment_frames: int, window_stride: int, batch_size: int,
                     num_workers: int, loader_workers: int, val_fraction: float, test_fraction: float,
-                    max_clip_seconds: float | None) -> None:
+                    max_clip_seconds: float | None, max_file_seconds: float | None) -> None:
         """Fail fast with the argument's name, before any audio is read."""
         positive = dict(context_frames=context_frames, segment_frames=segment_frames,
                         window_stride=window_stride, batch_size=batch_size, num_workers=num_workers)
@@ -240,16 +145,15 @@ class MuseDataModule(L.LightningDataModule):
                 raise ValueError(f"data.{name} must be in [0, 1), got {value!r}")
         if val_fraction + test_fraction >= 1:
             raise ValueError(f"data.val_fraction + data.test_fraction must be < 1, got {val_fraction + test_fraction}")
-        if max_clip_seconds is not None and max_clip_seconds <= 0:
-            raise ValueError(f"data.max_clip_seconds must be > 0 or null, got {max_clip_seconds!r}")
+        for name, value in dict(max_clip_seconds=max_clip_seconds, max_file_seconds=max_file_seconds).items():
+            if value is not None and not value > 0:
+                raise ValueError(f"data.{name} must be > 0 or null, got {value!r}")
 
     # -- cache -------------------------------------------------------------------------------
     @property
     def text_encoder(self) -> Any:
         """The encoder given by train.py, else the default offline MiniLM (created on first use)."""
         if self._text_encoder is None:
-            from musegen.text import SentenceEncoder
-
             self._text_encoder = SentenceEncoder()
         return self._text_encoder
 
@@ -260,28 +164,29 @@ class MuseDataModule(L.LightningDataModule):
             self._clips = [absolute(c) for c in self.source.clips()]
         return self._clips
 
+    def _build_args(self) -> dict[str, Any]:
+        """build_cache's settings, the one place prepare_data, setup and the key agree on."""
+        hp = self.hparams
+        return dict(num_workers=hp.num_workers, clip_seconds=hp.max_clip_seconds,
+                    max_file_seconds=hp.max_file_seconds, source=repr(self.source), key=self.cache_key())
+
     def cache_key(self) -> str:
-        """The cache key for this source/config: the one place prepare_data and setup agree on."""
+        """The cache key for this source/config."""
         if self._key is None:
             self._key = cache_key(self.clips(), self.feature_config, self.text_encoder.identity,
-                                  self.hparams.max_clip_seconds)
+                                  self.hparams.max_clip_seconds, self.hparams.max_file_seconds)
         return self._key
 
     def prepare_data(self) -> None:
         """Build the cache if missing (Lightning calls this on local rank 0 only)."""
         build_cache(self.clips(), self.feature_config, self.text_encoder, self.hparams.cache_dir,
-                    num_workers=self.hparams.num_workers, max_seconds=self.hparams.max_clip_seconds,
-                    source=repr(self.source), key=self.cache_key())
+                    **self._build_args())
 
     def _load(self) -> FeatureCache:
-        path = find_cache(self.hparams.cache_dir, self.cache_key())
-        if path is None:  # prepare_data not called (plain use) or the files changed since: build now
-            log.info("data: no complete cache for key %s; building it in setup", self.cache_key())
-            self.prepare_data()
-            path = find_cache(self.hparams.cache_dir, self.cache_key())
-        if path is None:
-            raise CacheError(f"data: cache {self.cache_key()} missing under {self.hparams.cache_dir} after build")
-        return load_cache(path)
+        """The cache, built here when prepare_data was not called (plain use) or the files changed since,
+        and rebuilt when damaged."""
+        return open_cache(self.clips(), self.feature_config, self.text_encoder, self.hparams.cache_dir,
+                          **self._build_args())
 
     # -- setup -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -292,11 +197,18 @@ class MuseDataModule(L.LightningDataModule):
         hp = self.hparams
         if cache.features != self.feature_config:
             raise CacheError(f"data: cache {cache.path} was built with other feature settings")
-        self.labels = sorted(set(cache.labels))
-        label_ids = torch.tensor([self.labels.index(y) for y in cache.labels], dtype=torch.long)
-        parts = split_groups(cache.groups, cache.labels, hp.val_fraction, hp.test_fraction, hp.seed)
+        lengths = cache.lengths.tolist()
+        kept = [i for i, n in enumerate(lengths) if n >= hp.segment_frames]
+        self.skipped = [i for i, n in enumerate(lengths) if n < hp.segment_frames]
+        if not kept:
+            raise self._too_short(cache)
+        self.labels = sorted({cache.labels[i] for i in kept})
+        label_ids = torch.tensor([self.labels.index(y) if y in self.labels else -1 for y in cache.labels],
+                                 dtype=torch.long)  # -1: a skipped clip's label, never used
+        parts = split_groups([cache.groups[i] for i in kept], [cache.labels[i] for i in kept],
+                             hp.val_fraction, hp.test_fraction, hp.seed)
         where = {g: s for s, gs in parts.items() for g in gs}
-        self.split_clips = {s: [i for i, g in enumerate(cache.groups) if where[g] == s] for s in SPLITS}
+        self.split_clips = {s: [i for i in kept if where[cache.groups[i]] == s] for s in SPLITS}
         self.stats = frame_stats(cache, self.split_clips["train"])
         references = clip_references(cache)
         self.datasets = {
@@ -307,35 +219,56 @@ class MuseDataModule(L.LightningDataModule):
         self.cache = cache
         self._log_summary(parts)
 
+    def _seconds(self, frames: int) -> float:
+        return frames * self.feature_config.frame_seconds
+
+    def _describe(self, i: int) -> str:
+        """'kick.wav (0.209 s)', or 'long.wav from 60 s (0.1 s)' for a later clip of a split file."""
+        start = self.cache.starts[i]
+        where = f" from {start:g} s" if start else ""
+        return f"{Path(self.cache.paths[i]).name}{where} ({self._seconds(int(self.cache.lengths[i])):.3f} s)"
+
+    def _too_short(self, cache: FeatureCache) -> TooShortError:
+        longest = int(cache.lengths.max())
+        k = self.hparams.segment_frames
+        return TooShortError(
+            f"data: every one of the {len(cache)} clips from {self.source!r} is shorter than one training "
+            f"window: the longest has {longest} frames ({self._seconds(longest):.3f} s), a window needs "
+            f"model.segment_frames={k} frames ({self._seconds(k):.3f} s). Add longer recordings or choose a "
+            f"model with a smaller segment_frames.")
+
     def _log_summary(self, parts: dict[str, list[str]]) -> None:
         sizes = ", ".join(f"{s}: {len(parts[s])} groups / {len(self.split_clips[s])} clips / "
                           f"{len(self.datasets[s])} windows" for s in SPLITS)
-        log.info("data: %d clips, labels %s; %s", len(self.cache), self.labels, sizes)
-        short = int((self.cache.lengths < self.hparams.segment_frames).sum())
-        if short:
-            log.warning("data: %d clips are shorter than segment_frames=%d and give no window",
-                        short, self.hparams.segment_frames)
+        log.info("data: %d clips, labels %s; %s", len(self.cache) - len(self.skipped), self.labels, sizes)
+        if self.skipped:
+            k, lengths = self.hparams.segment_frames, self.cache.lengths
+            names = [self._describe(i) for i in self.skipped[:SHOW_SKIPPED]]
+            more = len(self.skipped) - len(names)
+            log.warning("data: skipped %d of %d clips (%.1f s of audio) shorter than one window of "
+                        "model.segment_frames=%d frames (%.3f s): %s%s", len(self.skipped), len(self.cache),
+                        self._seconds(int(lengths[self.skipped].sum())), k, self._seconds(k), ", ".join(names),
+                        f" and {more} more" if more else "")
         for s in ("val", "test"):
             if not self.datasets[s] and getattr(self.hparams, f"{s}_fraction") > 0:
                 log.warning("data: the %s split is empty (%d groups in all)", s, sum(map(len, parts.values())))
 
     # -- accessors ----------------------------------------------------------------------------
-    @property
-    def text_dim(self) -> int:
-        """Size of the caption embeddings (from the cache once set up, else from the encoder)."""
-        return self.cache.text_dim if self.cache is not None else int(self.text_encoder.dim)
-
-    def test_clips(self) -> list[int]:
-        """Clip indices (into `cache`) of the test split: frames via cache.clip_frames, paths, midi."""
-        self._require_setup()
-        return list(self.split_clips["test"])
-
     def clip_indices(self, split: str) -> list[int]:
         """Clip indices of 'train', 'val' or 'test'."""
         self._require_setup()
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         return list(self.split_clips[split])
+
+    def train_frames(self, max_frames: int = 1 << 18) -> torch.Tensor:
+        """Raw frames of the train split [N, dim], at most ``max_frames`` of them (an evenly spaced
+        subset beyond that): what a head fits its codebook on before training."""
+        self._require_setup()
+        frames = torch.cat([self.cache.clip_frames(i) for i in self.split_clips["train"]])
+        if len(frames) > max_frames:
+            frames = frames[torch.linspace(0, len(frames) - 1, max_frames).long()]
+        return frames
 
     def _require_setup(self) -> None:
         if self.cache is None:

@@ -81,7 +81,8 @@ class KaggleSource:
         self.splits = list(splits)
         unknown = [s for s in self.splits if s not in KAGGLE_SPLITS]
         if unknown or not self.splits:
-            raise ValueError(f"KaggleSource: splits={self.splits!r} must be a non-empty subset of {list(KAGGLE_SPLITS)}")
+            raise ValueError(f"KaggleSource: splits={self.splits!r} must be a non-empty subset of "
+                             f"{list(KAGGLE_SPLITS)}")
 
     def __repr__(self) -> str:
         return f"KaggleSource(dataset={self.dataset!r}, root={self.root!r}, splits={self.splits!r})"
@@ -95,7 +96,7 @@ class KaggleSource:
                                       f"set data.source.root=/path/to/local/copy of {self.dataset}")
             return root
         try:
-            import kagglehub
+            import kagglehub  # noqa: PLC0415 - imports its network client stack: only for a download
 
             return Path(kagglehub.dataset_download(self.dataset))
         except Exception as e:  # noqa: BLE001 - kagglehub raises requests/HTTP/auth errors of many kinds
@@ -151,15 +152,29 @@ def _find_file(root: Path, name: str) -> Path | None:
 
 
 def caption_from_name(relative: Path) -> str:
-    """'jazz/sax_solo_01.wav' -> 'jazz sax solo': folder and file words, numbers and repeats dropped."""
-    parts = [*relative.parent.parts, relative.stem]
+    """A caption from folder and file names that reads like text.
+
+    'loop_amen.flac' -> 'loop amen', 'jazz/sax_solo_01.wav' -> 'jazz sax solo',
+    'rock/electricGuitar-2.flac' -> 'rock electric guitar', 'bd_808.flac' -> 'bd 808',
+    'TR909kick.wav' -> 'tr 909 kick'. Words split at separators, camelCase and letter/digit
+    boundaries; a file name's trailing take or index number (one or two digits, or a leading zero:
+    '_01', '-2', 'ke1') is dropped, other numbers are kept; repeated words are said once.
+    """
     words: list[str] = []
-    for part in parts:
-        part = re.sub(r"([a-z])([A-Z])", r"\1 \2", part)  # camelCase -> camel Case
-        for word in re.split(r"[\W_]+", part.lower()):
-            if word and not word.isdigit() and word not in words:
-                words.append(word)
+    for part, is_file in [*((p, False) for p in relative.parent.parts), (relative.stem, True)]:
+        part = re.sub(r"([a-z])([A-Z])", r"\1 \2", part)          # camelCase -> camel Case
+        part = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", part)    # HTTPServer -> HTTP Server
+        part = re.sub(r"(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])", " ", part)  # piano2 -> piano 2
+        tokens = [w for w in re.split(r"[\W_]+", part.lower()) if w]
+        if is_file and len(tokens) > 1 and _is_index(tokens[-1]):
+            tokens = tokens[:-1]
+        words += [w for w in tokens if w not in words]
     return " ".join(words) or relative.stem
+
+
+def _is_index(word: str) -> bool:
+    """A take or index number at the end of a file name: '1', '03', '007'; not '808' or '2024'."""
+    return word.isdigit() and (len(word) <= 2 or word.startswith("0"))
 
 
 class FolderSource:
@@ -184,7 +199,7 @@ class FolderSource:
             raise DataSourceError(f"FolderSource: root {root} does not exist or is not a directory "
                                   "(set data.source.root=/path/to/audio)")
         rows = self._metadata_rows(root)
-        files = {p.relative_to(root).as_posix(): p for p in _audio_files(root)}
+        files = {p.relative_to(root).as_posix(): p for p in audio_files(root)}
         names = list(files) + [f for f in rows if f not in files]
         if not names:
             raise DataSourceError(f"FolderSource: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) under {root}")
@@ -216,7 +231,7 @@ class FolderSource:
                     group=row.get("group") or rel.with_suffix("").as_posix(), midi=midi or None)
 
 
-def _audio_files(root: Path) -> list[Path]:
+def audio_files(root: Path) -> list[Path]:
     """Audio files below root by extension, skipping hidden files and folders (e.g. macOS ._ files)."""
     return sorted(
         p for p in root.rglob("*")

@@ -6,35 +6,31 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from musegen.checkpoint import read_checkpoint
-from musegen.checkpoint_io import AtomicCheckpointIO, RandomState
+from musegen.checkpoint import file_sha256, read_checkpoint
 from musegen.sweep import job_devices
 
 log = logging.getLogger(__name__)
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
-    """Instantiate text encoder, datamodule, module, callbacks, loggers and trainer from `cfg`."""
+    """Instantiate text encoder, datamodule, module, callbacks, loggers and trainer from `cfg`.
+
+    Everything is built from its config's `_target_`; the one value no config can know, the text
+    encoder's embedding size, fills the model's `text_dim: ???`.
+    """
     encoder = instantiate(cfg.text)
     datamodule = instantiate(cfg.data, text_encoder=encoder, _convert_="all")
-    # Built without hydra's recursion: the encoder's config (a `_target_` dict) must stay data.
-    model_args = OmegaConf.to_container(cfg.model, resolve=True)
-    module = get_class(model_args.pop("_target_"))(
-        **model_args, text_dim=encoder.dim, features=OmegaConf.to_container(cfg.features, resolve=True),
-        text_encoder=encoder.config(),
-    )
+    from_encoder = {"text_dim": encoder.dim} if OmegaConf.is_missing(cfg.model, "text_dim") else {}
+    module = instantiate(cfg.model, **from_encoder)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    callbacks.append(RandomState())  # resumed runs draw the same random numbers as uninterrupted ones
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     devices = job_devices(cfg.trainer.get("devices"), cfg.trainer.get("accelerator"), cfg.get("gpus_per_job"),
                           torch.cuda.device_count())
-    # a kill during a save never leaves a corrupt last.ckpt (unless trainer.plugins chooses otherwise)
-    plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, devices=devices, **plugins)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, devices=devices)
     return datamodule, module, trainer
 
 
@@ -75,18 +71,38 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def start_from(module: L.LightningModule, checkpoint: dict, path: str, lr: float, freeze: list[str]) -> None:
+    """Fine-tuning: weights and normalisation from `checkpoint`, the fine-tuning learning rate, the
+    named parts of the model frozen; the new run's checkpoints record where it started."""
+    module.load_state_dict(checkpoint["state_dict"])
+    module.hparams["lr"] = lr
+    module.hparams["init_from"] = {"path": str(path), "sha256": file_sha256(path)}
+    for name in freeze:
+        try:
+            part = module.model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"finetune.freeze: the model has no part {name!r} (e.g. backbone, "
+                             f"conditioner.text_proj, head)") from None
+        part.requires_grad_(False)
+    log.info("initialised weights and normalisation from %s; lr %g%s", path, lr,
+             f", frozen: {', '.join(freeze)}" if freeze else "")
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit (and test) the configured experiment; return `cfg.optimized_metric` from the last validation."""
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
+    # checkpoints are read (and refused) before anything is built, so a bad one costs no work
+    init = read_checkpoint(cfg.init_from) if cfg.get("init_from") else None
+    resume = resume_path(cfg)
+    if resume is not None:
+        read_checkpoint(resume)
     datamodule, module, trainer = build(cfg)
-    if cfg.get("init_from"):
-        ckpt = read_checkpoint(cfg.init_from)
-        module.load_state_dict(ckpt["state_dict"])
-        log.info("initialised weights and normalisation from %s", cfg.init_from)
+    if init is not None:
+        start_from(module, init, cfg.init_from, cfg.finetune.lr, list(cfg.finetune.freeze))
     log_hyperparameters(trainer, cfg, cfg.optimized_metric)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg), weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     metric = trainer.callback_metrics.get(cfg.optimized_metric)
     value = float(metric) if metric is not None else None
     if cfg.get("test"):

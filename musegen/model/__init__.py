@@ -1,0 +1,1 @@
+"""The trained model: backbone, output heads, conditioning and normalisation, without Lightning."""

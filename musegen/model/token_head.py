@@ -1,0 +1,204 @@
+"""The token head: a language model over codebook tokens, one token per frame.
+
+Frames are quantised to a k-means codebook (musegen.model.codebook); a small unidirectional GRU,
+started from the backbone's state, predicts the next segment's tokens one frame at a time, each
+step reading the previous frame's token. It defines a distribution over what comes next and
+samples from it with the usual language-model controls: temperature, top-k and top-p truncation
+and classifier-free guidance on the log-probabilities.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from musegen.model.codebook import Codebook
+from musegen.model.conditioning import guide
+from musegen.model.heads import Head, HeadInput, Sampling, last_frame
+
+log = logging.getLogger(__name__)
+
+
+class TokenHead(Head):
+    """Autoregressive decoder over the tokens of the next ``segment_frames`` frames.
+
+    The codebook quantises the first ``out_dim`` dimensions of a frame (all of them when chroma is
+    predicted), so the head predicts exactly what the model outputs. Step 0 reads the token of the
+    last real context frame, or a learned start token when the context is empty; step k reads the
+    token of frame k - 1. A token's input vector is a learned embedding plus a projection of its
+    centroid, so tokens that sound alike start alike and rare tokens still get a sensible input.
+    The backbone state sets the initial hidden state and is added to every step's input, with a
+    learned position embedding (the state describes the segment as a whole, not one frame).
+    """
+
+    def __init__(self, state_dim: int, feature_dim: int, out_dim: int, segment_frames: int, context_frames: int,
+                 n_mfcc: int, codebook_size: int = 1024, kmeans_iters: int = 25, kmeans_samples: int = 200_000,
+                 seed: int = 0, hidden: int = 128, embed: int = 64, dropout: float = 0.1,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(state_dim, feature_dim, out_dim, segment_frames, context_frames, n_mfcc)
+        for key, value, ok, rule in (
+            ("codebook_size", codebook_size, codebook_size >= 2, ">= 2"),
+            ("kmeans_iters", kmeans_iters, kmeans_iters >= 1, ">= 1"),
+            ("kmeans_samples", kmeans_samples, kmeans_samples >= codebook_size, f">= codebook_size ({codebook_size})"),
+            ("hidden", hidden, hidden >= 1, ">= 1"),
+            ("embed", embed, embed >= 1, ">= 1"),
+            ("dropout", dropout, 0.0 <= dropout < 1.0, "in [0, 1)"),
+            ("label_smoothing", label_smoothing, 0.0 <= label_smoothing < 1.0, "in [0, 1)"),
+        ):
+            if not ok:
+                raise ValueError(f"model.head.{key} must be {rule}, got {value}")
+        if out_dim > feature_dim:
+            raise ValueError(f"out_dim ({out_dim}) cannot exceed feature_dim ({feature_dim})")
+        self.kmeans_iters, self.kmeans_samples, self.seed = kmeans_iters, kmeans_samples, seed
+        self.label_smoothing = label_smoothing
+        self.vocab = codebook_size
+        self.start_id = codebook_size   # the extra input token of an empty context
+        self.codebook = Codebook(codebook_size, out_dim)
+        self.token_embed = nn.Embedding(codebook_size + 1, embed)
+        self.centroid_in = nn.Linear(out_dim, embed, bias=False)
+        self.pos_embed = nn.Parameter(torch.zeros(segment_frames, embed))
+        self.state_in = nn.Linear(state_dim, embed)
+        self.h0 = nn.Linear(state_dim, hidden)
+        self.gru = nn.GRU(embed, hidden, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, codebook_size)
+
+    def prepare(self, frames: torch.Tensor) -> None:
+        """Fit the codebook on normalised training frames [N, feature_dim]; a fitted codebook is kept
+        (fine-tuning and resumed runs must keep the vocabulary the weights were trained on)."""
+        if bool(self.codebook.fitted):
+            log.info("token head: codebook already fitted, kept")
+            return
+        self.codebook.fit(frames[:, : self.out_dim], self.kmeans_iters, self.seed, self.kmeans_samples)
+
+    def loss(self, x: HeadInput, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Teacher-forced cross-entropy of the target's tokens; ``bits_per_frame`` is the plain
+        (unsmoothed) cross-entropy in bits, the number to compare across runs and codebooks."""
+        tokens = self._tokens(target)
+        logits = self._teacher_forced(x, tokens).flatten(0, 1)
+        flat = tokens.flatten()
+        loss = F.cross_entropy(logits, flat, label_smoothing=self.label_smoothing)
+        ce = loss if self.label_smoothing == 0 else F.cross_entropy(logits.detach(), flat)
+        return {"loss": loss, "bits_per_frame": ce.detach() / math.log(2)}
+
+    def mean(self, x: HeadInput, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Expected frame softmax(logits) @ centroids [B, K, out_dim], for the skill metric.
+
+        With ``target`` it is teacher-forced: step k's expectation given the true frames before
+        it, i.e. a one-frame-ahead forecast, easier than a regressor's whole-segment forecast. Without
+        a target (the Head interface) each step reads the most likely token of the step before, a
+        forecast of the whole segment from the context alone, comparable to MSEHead.mean.
+        """
+        if target is not None:
+            logits = self._teacher_forced(x, self._tokens(target))
+        else:
+            logits = self._rollout(x, lambda step_logits: step_logits.argmax(-1))[1]
+        return logits.softmax(-1) @ self.codebook.centroids
+
+    def sample(self, x: HeadInput, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
+        """Sample the next segment token by token: [n, K, out_dim] centroids.
+
+        Under guidance the 2n rows run together; each step combines row i's and row n + i's
+        log-probabilities with ``guide``, draws one token per item and feeds it to both rows.
+        """
+        def pick(step_logits: torch.Tensor) -> torch.Tensor:
+            return self.next_token(step_logits, sampling, generator)
+
+        tokens, _ = self._rollout(x, pick)
+        n = tokens.shape[0] // 2 if sampling.guidance is not None else tokens.shape[0]
+        return self.codebook.decode(tokens[:n])
+
+    def next_token(self, logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
+        """One step's tokens [rows] from its logits [rows, V] (2n rows under guidance: the chosen
+        token of item i is returned for rows i and n + i)."""
+        logp = logits.log_softmax(-1)
+        if sampling.guidance is not None:
+            n = logp.shape[0] // 2
+            logp = guide(logp[:n], logp[n:], sampling.guidance)
+        if sampling.temperature == 0:
+            tok = logp.argmax(-1)
+        else:
+            tok = _sample_from(logp / sampling.temperature, sampling.top_k, sampling.top_p, generator)
+        return torch.cat([tok, tok]) if sampling.guidance is not None else tok
+
+    def _require_fitted(self) -> None:
+        if not bool(self.codebook.fitted):
+            raise RuntimeError("the token head's codebook is not fitted: call prepare(frames) before training")
+
+    def _tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        self._require_fitted()
+        return self.codebook.encode(frames[..., : self.out_dim])
+
+    def _start_tokens(self, x: HeadInput) -> torch.Tensor:
+        """[B]: the last real context frame's token, the start token where the context is empty."""
+        tokens = self._tokens(last_frame(x.context, x.mask))
+        return torch.where(x.mask.any(1), tokens, torch.full_like(tokens, self.start_id))
+
+    def _token_inputs(self) -> torch.Tensor:
+        """[V + 1, embed]: every token's input vector (the start token has no centroid)."""
+        centroids = F.pad(self.codebook.centroids, (0, 0, 0, 1))
+        return self.token_embed.weight + self.centroid_in(centroids)
+
+    def _teacher_forced(self, x: HeadInput, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits [B, K, V] of each target token given the true tokens before it."""
+        inputs = torch.cat([self._start_tokens(x)[:, None], tokens[:, :-1]], dim=1)
+        steps = self._token_inputs()[inputs] + self.state_in(x.state)[:, None] + self.pos_embed
+        out, _ = self.gru(steps, torch.tanh(self.h0(x.state))[None])
+        return self.out(self.drop(out))
+
+    def _rollout(self, x: HeadInput, pick: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the decoder K steps, each reading the token ``pick`` chose from the step before:
+        (tokens [B, K], logits [B, K, V]).
+
+        The GRU cell is written out (the same equations and weights as ``self.gru``) so that the
+        state and position part of every step's input projection is computed once per segment:
+        a step is then a handful of small matrix products, which keeps a rollout fast on one thread.
+        """
+        self._require_fitted()
+        w_ih, w_hh = self.gru.weight_ih_l0, self.gru.weight_hh_l0
+        b_ih, b_hh = self.gru.bias_ih_l0, self.gru.bias_hh_l0
+        hidden = self.gru.hidden_size
+        table = self._token_inputs()
+        gi_fixed = F.linear(self.state_in(x.state)[:, None] + self.pos_embed, w_ih, b_ih)   # [B, K, 3H]
+        h = torch.tanh(self.h0(x.state))
+        tok = self._start_tokens(x)
+        tokens, logits = [], []
+        for k in range(self.segment_frames):
+            gi = torch.addmm(gi_fixed[:, k], table[tok], w_ih.T)
+            gh = torch.addmm(b_hh, h, w_hh.T)
+            r, z = torch.sigmoid(gi[:, :2 * hidden] + gh[:, :2 * hidden]).chunk(2, 1)
+            n = torch.tanh(torch.addcmul(gi[:, 2 * hidden:], r, gh[:, 2 * hidden:]))
+            h = n + z * (h - n)
+            step_logits = self.out(self.drop(h))
+            tok = pick(step_logits)
+            tokens.append(tok)
+            logits.append(step_logits)
+        return torch.stack(tokens, 1), torch.stack(logits, 1)
+
+
+def _sample_from(logits: torch.Tensor, top_k: int | None, top_p: float | None,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Draw one index per row of logits [rows, V] after top-k, then nucleus, truncation.
+
+    The nucleus is the smallest set of the most likely tokens whose probability (renormalised after
+    top-k) reaches top_p; the most likely token always stays. The draw is an inverse-CDF lookup with
+    one uniform per row, limited to the kept prefix of the sorted tokens: a few small operations per
+    step, which matters in a rollout of thousands of steps.
+    """
+    order = None
+    if top_k is not None and top_k < logits.shape[-1]:
+        logits, order = logits.topk(top_k, dim=-1)
+    elif top_p is not None and top_p < 1.0:
+        logits, order = logits.sort(dim=-1, descending=True)
+    cdf = logits.softmax(-1).cumsum(-1)
+    last = torch.full_like(cdf[:, :1], cdf.shape[1] - 1, dtype=torch.long)
+    if top_p is not None and top_p < 1.0:
+        # Token j is kept while the mass of the tokens before it is below top_p.
+        last = (cdf[:, :-1] < top_p).sum(-1, keepdim=True)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf.gather(1, last)
+    idx = torch.minimum(torch.searchsorted(cdf, u, right=True), last)
+    return (idx if order is None else order.gather(1, idx)).squeeze(1)

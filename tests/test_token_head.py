@@ -1,0 +1,280 @@
+"""The k-means codebook and the token language-model head."""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from musegen.model.codebook import Codebook
+from musegen.model.heads import HeadInput, Sampling
+from musegen.model.muse import build_head
+from musegen.model.token_head import TokenHead
+
+STATE, FEATURES, K, C = 24, 6, 5, 8
+CONFIG = Path(__file__).resolve().parents[1] / "conf" / "model" / "head" / "tokens.yaml"
+
+
+def clustered(n_per: int, centres: torch.Tensor, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(len(centres)).repeat_interleave(n_per)
+    return centres[labels] + noise * torch.randn(len(labels), centres.shape[1], generator=g), labels
+
+
+def make_head(out_dim: int = FEATURES, vocab: int = 16, seed: int = 0, **kwargs) -> TokenHead:
+    torch.manual_seed(seed)
+    head = TokenHead(state_dim=STATE, feature_dim=FEATURES, out_dim=out_dim, segment_frames=K, context_frames=C,
+                     n_mfcc=4, codebook_size=vocab, kmeans_iters=10, kmeans_samples=vocab, hidden=32, embed=16,
+                     dropout=0.0, **kwargs)
+    head.prepare(torch.randn(400, FEATURES, generator=torch.Generator().manual_seed(1)))
+    return head.eval()
+
+
+def head_input(rows: int, seed: int = 0, context: int = C) -> HeadInput:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(rows, C, dtype=torch.bool)
+    mask[:, C - context:] = True
+    return HeadInput(state=3 * torch.randn(rows, STATE, generator=g),
+                     context=torch.randn(rows, C, FEATURES, generator=g), mask=mask)
+
+
+def guided_input(cond: HeadInput, uncond: HeadInput) -> HeadInput:
+    return HeadInput(*(torch.cat([a, b]) for a, b in zip((cond.state, cond.context, cond.mask),
+                                                          (uncond.state, uncond.context, uncond.mask))))
+
+
+def draw(head: TokenHead, x: HeadInput, sampling: Sampling, seed: int = 0) -> torch.Tensor:
+    with torch.no_grad():
+        return head.sample(x, sampling, torch.Generator().manual_seed(seed))
+
+
+# --- codebook ---------------------------------------------------------------------------------
+
+def test_codebook_recovers_clusters() -> None:
+    centres = 10 * torch.randn(8, 4, generator=torch.Generator().manual_seed(3))
+    x, labels = clustered(200, centres, noise=0.1, seed=0)
+    cb = Codebook(8, 4)
+    cb.fit(x, iters=20, seed=0)
+    assert bool(cb.fitted)
+    assert torch.cdist(centres, cb.centroids).min(1).values.max() < 0.1
+    ids = cb.encode(x)
+    # each cluster maps to one token, and different clusters to different tokens
+    per_cluster = ids.view(8, 200)
+    assert (per_cluster == per_cluster[:, :1]).all()
+    assert per_cluster[:, 0].unique().numel() == 8
+
+
+def test_encode_is_nearest_centroid_and_decode_inverts_it() -> None:
+    x = torch.randn(10_000, 5, generator=torch.Generator().manual_seed(0))   # more than one distance block
+    cb = Codebook(32, 5)
+    cb.fit(x, iters=5, seed=0)
+    ids = cb.encode(x.view(100, 100, 5))
+    assert ids.shape == (100, 100) and ids.dtype == torch.long
+    assert torch.equal(ids.flatten(), torch.cdist(x, cb.centroids).argmin(1))
+    assert torch.equal(cb.decode(ids), cb.centroids[ids])
+    assert torch.equal(cb.encode(cb.decode(torch.arange(32))), torch.arange(32))
+
+
+def test_codebook_fit_is_deterministic_for_a_seed() -> None:
+    x = torch.randn(3000, 3, generator=torch.Generator().manual_seed(0))
+    fits = []
+    for seed in (5, 5, 6):
+        cb = Codebook(16, 3)
+        cb.fit(x, iters=10, seed=seed, max_samples=2000)
+        fits.append(cb.centroids.clone())
+    assert torch.equal(fits[0], fits[1])
+    assert not torch.equal(fits[0], fits[2])
+
+
+def test_codebook_with_fewer_distinct_frames_than_centroids_still_codes_them_exactly() -> None:
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 5.0]]).repeat(20, 1)
+    cb = Codebook(8, 2)
+    cb.fit(x, iters=5, seed=0)
+    assert torch.equal(cb.decode(cb.encode(x)), x)
+
+
+def test_codebook_rejects_bad_input() -> None:
+    cb = Codebook(8, 3)
+    with pytest.raises(ValueError, match=r"\[N, 3\]"):
+        cb.fit(torch.randn(100, 4), iters=5, seed=0)
+    with pytest.raises(ValueError, match="iters"):
+        cb.fit(torch.randn(100, 3), iters=0, seed=0)
+
+
+def test_codebook_on_fewer_frames_than_centroids_keeps_every_frame() -> None:
+    """Tiny data (a smoke run, a handful of short files) still gives a working codebook: every frame
+    is a centroid, so each frame encodes to itself."""
+    cb = Codebook(8, 3)
+    x = torch.randn(5, 3)
+    cb.fit(x, iters=5, seed=0)
+    assert bool(cb.fitted) and torch.equal(cb.decode(cb.encode(x)), x)
+
+
+# --- head -------------------------------------------------------------------------------------
+
+def test_config_builds_a_head_and_its_sampling_defaults() -> None:
+    config = OmegaConf.to_container(OmegaConf.load(CONFIG))
+    sampling = Sampling(**config.pop("sampling"))
+    head = build_head(config, state_dim=STATE, feature_dim=32, out_dim=32, segment_frames=16, context_frames=32,
+                      n_mfcc=20)
+    assert isinstance(head, TokenHead) and head.codebook.centroids.shape == (head.vocab, 32)
+    assert sampling.top_k is not None and sampling.top_k < head.vocab
+
+
+@pytest.mark.parametrize(("key", "value"), [("codebook_size", 1), ("kmeans_iters", 0), ("hidden", 0),
+                                            ("dropout", 1.0), ("label_smoothing", -0.1), ("kmeans_samples", 8)])
+def test_bad_config_names_the_key(key: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"model.head.{key}"):
+        TokenHead(STATE, FEATURES, FEATURES, K, C, 4, **{key: value})
+
+
+def test_unfitted_head_refuses_to_train_or_sample() -> None:
+    head = TokenHead(STATE, FEATURES, FEATURES, K, C, 4, codebook_size=16, kmeans_samples=16)
+    with pytest.raises(RuntimeError, match="prepare"):
+        head.loss(head_input(2), torch.randn(2, K, FEATURES))
+    with pytest.raises(RuntimeError, match="prepare"):
+        draw(head, head_input(2), Sampling(None, 1.0))
+
+
+def test_prepare_keeps_a_fitted_codebook() -> None:
+    head = make_head()
+    before = head.codebook.centroids.clone()
+    head.prepare(torch.randn(400, FEATURES) + 5)
+    assert torch.equal(head.codebook.centroids, before)
+
+
+def test_head_overfits_a_tiny_batch() -> None:
+    head = make_head(vocab=32).train()
+    x = head_input(4)
+    target = head.codebook.decode(torch.randint(32, (4, K), generator=torch.Generator().manual_seed(2)))
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    first = head.loss(x, target)
+    for _ in range(50):
+        opt.zero_grad()
+        out = head.loss(x, target)
+        out["loss"].backward()
+        opt.step()
+    assert first["loss"] > 0.8 * math.log(32)
+    assert out["loss"] < 0.1 * math.log(32)
+    assert torch.allclose(out["bits_per_frame"], out["loss"].detach() / math.log(2))
+
+
+def test_label_smoothing_leaves_bits_per_frame_unsmoothed() -> None:
+    plain, smooth = make_head(), make_head(label_smoothing=0.2)
+    x, target = head_input(3), torch.randn(3, K, FEATURES)
+    a, b = plain.loss(x, target), smooth.loss(x, target)
+    assert torch.allclose(a["bits_per_frame"], b["bits_per_frame"])
+    assert not torch.allclose(a["loss"], b["loss"])
+
+
+def test_mean_is_an_expected_centroid_and_the_rollout_matches_teacher_forcing() -> None:
+    head = make_head()
+    x = head_input(3)
+    greedy = draw(head, x, Sampling(None, 0.0))
+    with torch.no_grad():
+        rolled, forced = head.mean(x), head.mean(x, target=greedy)
+    assert rolled.shape == (3, K, FEATURES)
+    # the written-out rollout cell and the teacher-forced nn.GRU are the same network
+    assert torch.allclose(rolled, forced, atol=1e-5)
+    lo, hi = head.codebook.centroids.min(0).values, head.codebook.centroids.max(0).values
+    assert ((rolled >= lo - 1e-5) & (rolled <= hi + 1e-5)).all()
+
+
+@pytest.mark.parametrize("guidance", [None, 3.0])
+def test_sample_shapes_and_values_are_centroids(guidance: float | None) -> None:
+    head = make_head()
+    x = head_input(3) if guidance is None else guided_input(head_input(3, seed=0), head_input(3, seed=1))
+    out = draw(head, x, Sampling(guidance, 1.0, top_k=8, top_p=0.9))
+    assert out.shape == (3, K, FEATURES)
+    assert torch.equal(head.codebook.decode(head.codebook.encode(out)), out)
+
+
+def test_guidance_zero_is_the_unconditional_model_and_one_the_conditional() -> None:
+    head = make_head()
+    cond, uncond = head_input(4, seed=0), head_input(4, seed=1)
+    uncond.context, uncond.mask = cond.context, cond.mask   # the two rows of an item share their context
+    both = guided_input(cond, uncond)
+    greedy = Sampling(None, 0.0)
+    only_cond, only_uncond = draw(head, cond, greedy), draw(head, uncond, greedy)
+    assert not torch.equal(only_cond, only_uncond)
+    assert torch.equal(draw(head, both, Sampling(1.0, 0.0)), only_cond)
+    assert torch.equal(draw(head, both, Sampling(0.0, 0.0)), only_uncond)
+    # guidance 0 draws from exactly the unconditional distribution: the same seed gives the same tokens
+    assert torch.equal(draw(head, both, Sampling(0.0, 1.0), seed=4), draw(head, uncond, Sampling(None, 1.0), seed=4))
+
+
+def test_top_k_one_and_a_tiny_nucleus_are_argmax() -> None:
+    head = make_head()
+    x = head_input(3)
+    greedy = draw(head, x, Sampling(None, 0.0))
+    assert torch.equal(draw(head, x, Sampling(None, 1.5, top_k=1)), greedy)
+    assert torch.equal(draw(head, x, Sampling(None, 1.5, top_p=1e-6)), greedy)
+
+
+def test_truncation_draws_only_from_the_kept_tokens() -> None:
+    head = make_head()
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(4000, -1)
+    g = torch.Generator().manual_seed(0)
+    nucleus = head.next_token(logits, Sampling(None, 1.0, top_p=0.7), g)
+    assert set(nucleus.tolist()) == {0, 1}
+    top3 = head.next_token(logits, Sampling(None, 1.0, top_k=3), g)
+    assert set(top3.tolist()) == {0, 1, 2}
+    full = head.next_token(logits, Sampling(None, 1.0), g)
+    assert abs((full == 3).float().mean().item() - 0.05) < 0.02
+    # top-p after top-k is taken on the renormalised top k: 0.5 / 0.95 < 0.55 keeps two tokens
+    assert set(head.next_token(logits, Sampling(None, 1.0, top_k=3, top_p=0.55), g).tolist()) == {0, 1}
+
+
+def test_temperature_sharpens_the_distribution() -> None:
+    head = make_head()
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(4000, -1)
+    g = torch.Generator().manual_seed(0)
+    cold = (head.next_token(logits, Sampling(None, 0.3), g) == 0).float().mean()
+    hot = (head.next_token(logits, Sampling(None, 3.0), g) == 0).float().mean()
+    assert cold > 0.8 and hot < 0.4
+
+
+def test_same_seed_same_samples() -> None:
+    head = make_head()
+    x = guided_input(head_input(2, seed=0), head_input(2, seed=1))
+    s = Sampling(2.0, 1.0, top_p=0.95)
+    assert torch.equal(draw(head, x, s, seed=7), draw(head, x, s, seed=7))
+    assert not torch.equal(draw(head, x, s, seed=7), draw(head, x, s, seed=8))
+
+
+def test_empty_context_starts_from_the_start_token() -> None:
+    head = make_head()
+    empty = head_input(3, context=0)
+    other = HeadInput(empty.state, torch.randn_like(empty.context), empty.mask)
+    s = Sampling(None, 1.0)
+    assert torch.equal(draw(head, empty, s), draw(head, other, s))   # padding is never read
+    assert draw(head, empty, s).shape == (3, K, FEATURES)
+
+
+def test_state_dict_round_trip_gives_identical_samples() -> None:
+    head = make_head()
+    buffer = io.BytesIO()
+    torch.save(head.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = TokenHead(state_dim=STATE, feature_dim=FEATURES, out_dim=FEATURES, segment_frames=K, context_frames=C,
+                      n_mfcc=4, codebook_size=16, kmeans_samples=16, hidden=32, embed=16, dropout=0.0)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    fresh.eval()
+    assert bool(fresh.codebook.fitted)
+    x = guided_input(head_input(2, seed=0), head_input(2, seed=1))
+    s = Sampling(3.0, 1.0, top_k=10)
+    assert torch.equal(draw(fresh, x, s), draw(head, x, s))
+
+
+def test_without_chroma_only_the_predicted_dimensions_are_tokens() -> None:
+    head = make_head(out_dim=4)
+    assert head.codebook.centroids.shape == (16, 4)
+    x = head_input(2)
+    assert draw(head, x, Sampling(None, 1.0)).shape == (2, K, 4)
+    assert head.loss(x, torch.randn(2, K, 4))["loss"].isfinite()
+    # the step-0 token comes from the predicted dimensions of the last context frame only
+    other = HeadInput(x.state, torch.cat([x.context[..., :4], torch.randn(2, C, FEATURES - 4)], dim=-1), x.mask)
+    assert torch.equal(draw(head, other, Sampling(None, 1.0)), draw(head, x, Sampling(None, 1.0)))

@@ -1,0 +1,187 @@
+"""The neural vocoder: a tiny one trained with a real Trainer on a few demo clips, its checkpoint, rendering,
+resynthesis of a folder, and the configs."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import ROOT, run_script
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from musegen.checkpoint import CheckpointError
+from musegen.features import extract
+from musegen.resynth import resynthesize
+from musegen.vocoder import Vocoder, load_vocoder
+
+TINY = [
+    "data.source.num_clips=12", "data.source.clip_seconds=2.0", "data.source.num_workers=1", "data.num_workers=1",
+    "data.crop_frames=16", "model.net.dim=16", "model.net.intermediate=32", "model.net.blocks=1",
+    "trainer.max_epochs=8", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+    "callbacks.progress_bar=null", "model.lr=3e-2",
+]
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """experiment=vocoder_demo, tiny, built as train.py builds it: data and model by instantiate."""
+    root = tmp_path_factory.mktemp("vocoder")
+    cfg = _compose("experiment=vocoder_demo", f"paths.root_dir={root}", *TINY)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(root / "run")
+    L.seed_everything(0)
+    datamodule = instantiate(cfg.data, text_encoder=instantiate(cfg.text))
+    module = instantiate(cfg.model)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c and "_target_" in c]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=[instantiate(cfg.logger.tensorboard)])
+    before = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    trainer.fit(module, datamodule=datamodule)
+    after = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    return {"root": root, "module": module, "datamodule": datamodule, "before": before, "after": after,
+            "ckpt": root / "run" / "checkpoints" / "last.ckpt", "run": root / "run"}
+
+
+def test_training_lowers_the_validation_loss_and_logs_audio(trained):
+    assert trained["after"]["val/loss"] < trained["before"]["val/loss"]
+    assert trained["after"]["val/lsd"] < trained["before"]["val/lsd"]
+    events = list((trained["run"] / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and max(e.stat().st_size for e in events) > 10_000  # audio and mel images, not only scalars
+
+
+def test_crops_come_from_the_generators_own_split(trained):
+    dm = trained["datamodule"]
+    assert set(dm.split_clips["test"]).isdisjoint(dm.split_clips["train"])
+    assert dm.datasets["train"].clips == dm.split_clips["train"]  # 2 s clips are all long enough
+    assert dm.datasets["val"].clips == dm.split_clips["val"]
+    item = dm.datasets["train"][0]
+    assert item["frames"].shape == (16, 32) and item["audio"].shape == (16 * 512 + 2048,)
+
+
+def test_audio_is_aligned_with_its_cached_frames(trained):
+    """Features re-extracted from a clip's audio are its cached frames (the zero tail aside)."""
+    train = trained["datamodule"].datasets["train"]
+    features = trained["datamodule"].features
+    cached = train.frames[0].numpy()
+    again = extract(train.audio[0][1024:-1024].numpy(), features)
+    n = len(cached) - 2
+    np.testing.assert_allclose(again[:n, :20], cached[:n, :20], atol=1e-2)
+    assert not np.allclose(again[1:n + 1, :20], cached[:n, :20], atol=1e-2)  # one hop off is visibly wrong
+
+
+def test_normalisation_is_the_training_frames(trained):
+    vocoder = trained["module"].vocoder
+    assert torch.allclose(vocoder.mean, trained["datamodule"].stats["mean"])
+    assert torch.allclose(vocoder.std, trained["datamodule"].stats["std"])
+
+
+def test_checkpoint_round_trip_renders_identically(trained):
+    ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)  # plain data
+    assert ckpt["hyper_parameters"]["features"]["hop_length"] == 512
+    loaded = load_vocoder(trained["ckpt"])
+    assert isinstance(loaded, Vocoder) and not loaded.training
+    frames = trained["datamodule"].cache.clip_frames(0).numpy()
+    original = trained["module"].vocoder
+    np.testing.assert_array_equal(loaded.render(frames), original.cpu().render(frames))
+
+
+def test_render_shapes_follow_the_synthesizer_contract(trained):
+    vocoder = load_vocoder(trained["ckpt"])
+    hop = vocoder.features.hop_length
+    frames = trained["datamodule"].cache.clip_frames(0)[:40]
+    one = vocoder.render(frames)
+    assert one.shape == (40 * hop,) and one.dtype == np.float32 and np.isfinite(one).all()
+    batch = vocoder.render(torch.stack([frames, frames.flip(0)]))
+    assert batch.shape == (2, 40 * hop)
+    np.testing.assert_allclose(batch[0], one, atol=2e-4)  # batched FFTs round differently
+    with pytest.raises(ValueError, match="frames must be"):
+        vocoder.render(np.zeros((40, 20), dtype=np.float32))
+
+
+def test_griffin_lim_head_renders_too(trained):
+    features = trained["module"].vocoder.features.to_dict()
+    vocoder = Vocoder(features, head="griffin_lim", dim=8, intermediate=8, blocks=1, gl_iters=2)
+    assert vocoder.render(np.zeros((10, 32), dtype=np.float32)).shape == (10 * 512,)
+
+
+def test_bad_checkpoints_give_one_clear_error(trained, tmp_path):
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(trained["ckpt"].read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"truncated\.ckpt: .*(corrupt|truncated)"):
+        load_vocoder(truncated)
+    other = tmp_path / "generator.ckpt"
+    torch.save({"hyper_parameters": {"format_version": 2}, "state_dict": {}}, other)
+    with pytest.raises(CheckpointError, match="not a musegen vocoder checkpoint"):
+        load_vocoder(other)
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_vocoder(tmp_path / "missing.ckpt")
+
+
+def test_resynth_skips_and_reports_a_broken_file(trained, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    dm = trained["datamodule"]
+    for i in dm.split_clips["test"][:2]:
+        shutil.copy(dm.cache.paths[i], src / Path(dm.cache.paths[i]).name)
+    (src / "broken.wav").write_bytes(b"RIFF not really a wave file")
+    out = tmp_path / "out"
+    run_script("musegen/resynth.py", f"vocoder={trained['ckpt']}", f"in={src}", f"out={out}")
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["written"]) == 2
+    assert [Path(s["path"]).name for s in report["skipped"]] == ["broken.wav"]
+    for entry in report["written"]:
+        assert Path(entry["out"]).parent == out and Path(entry["out"]).suffix == ".wav"
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="resynth", overrides=["vocoder=mix", f"in={src}", f"out={tmp_path / 'mix'}"])
+    mixed = resynthesize(cfg)
+    assert len(mixed["written"]) == 2 and "broken.wav" in mixed["skipped"][0]["reason"]
+    bad = run_script("musegen/resynth.py", f"vocoder={src / 'broken.wav'}", f"in={src}", f"out={tmp_path / 'x'}",
+                     check=False)
+    assert bad.returncode != 0 and "resynth:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_gpu_experiment_composes_and_instantiates():
+    cfg = _compose("experiment=vocoder_gpu")
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+    module = instantiate(cfg.model)
+    assert module.vocoder.hparams["blocks"] == cfg.model.net.blocks
+    datamodule = instantiate(cfg.data, text_encoder=None)
+    assert datamodule.crop_frames == cfg.data.crop_frames
+    folder = _compose("experiment=vocoder_demo", "data=folder", "data.source.root=/somewhere")
+    assert folder.data.source._target_.endswith("FolderSource")
+    assert folder.data._target_.endswith("VocoderDataModule")
+
+
+def test_generation_renders_with_a_vocoder_when_given_one(trained, smoke_run, tmp_path):
+    """generate.py vocoder=PATH: the written audio is the vocoder's rendering of the generated frames."""
+    from musegen.apps.generate import generate_files
+    from musegen.generation import Generator
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("generate", overrides=[f"ckpt={smoke_run['ckpt']}", f"out={tmp_path}", "duration=1.5",
+                                             "prompt=calm piano", f"vocoder={trained['ckpt']}",
+                                             "export.render_midi=false", "export.formats=[wav]"])
+    written = generate_files(cfg)[0]
+    sidecar = json.loads(Path(written["json"]).read_text())
+    assert sidecar["export"]["synthesis"] == "vocoder" and sidecar["vocoder"]["path"] == str(trained["ckpt"])
+    frames = Generator.from_checkpoint(smoke_run["ckpt"], device="cpu").generate(
+        prompt="calm piano", duration=1.5, seed=0).frames[0]
+    expected = load_vocoder(trained["ckpt"]).render(frames)[: int(1.5 * 22050)]
+    heard, _ = sf.read(written["wav"], dtype="float32")
+    assert np.corrcoef(heard, expected)[0, 1] > 0.99  # the same signal, up to finishing (gain, fades, PCM)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        bad = compose("generate", overrides=[f"ckpt={smoke_run['ckpt']}", f"out={tmp_path}",
+                                             "export.synthesis=vocoder"])
+    with pytest.raises(ValueError, match="needs vocoder=PATH"):
+        generate_files(bad)
