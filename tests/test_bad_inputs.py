@@ -12,7 +12,9 @@ import shlex
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from conftest import ROOT, run_script
 
@@ -84,6 +86,17 @@ def test_train_on_only_broken_files_names_the_report_and_leaves_no_run(data, tmp
                      *TRAIN, f"data.source.root={data / 'broken'}")
     reports = [name for name in added if name.endswith(".report.json")]
     assert len(reports) == 1 and all(reports[0].startswith(name) for name in added), added  # no run folder
+
+
+def test_train_on_clips_all_shorter_than_one_window_says_so_and_leaves_no_run(tmp_path):
+    folder = tmp_path / "one-shots"
+    folder.mkdir()
+    t = np.arange(int(0.2 * 22050)) / 22050
+    for i, hz in enumerate((220.0, 330.0, 440.0)):  # 0.2 s each: 9 frames, the demo model's window is 16
+        sf.write(folder / f"hit_{i}.wav", (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32), 22050)
+    added = _refused("train.py", tmp_path, r"every one of the 3 clips .* is shorter than one training",
+                     "experiment=demo", "data=folder", f"data.source.root={folder}")
+    assert not any(name.startswith("outputs") for name in added), added  # no run folder
 
 
 def test_train_with_an_unavailable_text_model_offline_says_how_to_provide_it(data, tmp_path):
