@@ -28,7 +28,8 @@ def export_cfg(*overrides: str):
 
 @pytest.fixture(scope="module")
 def settings() -> ExportSettings:
-    return instantiate(export_cfg().export)
+    """The export defaults with loudness normalisation to the streaming level switched on."""
+    return replace(instantiate(export_cfg().export), loudness_lufs=-14.0)
 
 
 def loudness(y: np.ndarray, sr: int = SR) -> float:
