@@ -137,11 +137,14 @@ def export_sample(
 
 def _write_under_ceiling(y: np.ndarray, stem: Path, sample_rate: int, settings: ExportSettings
                          ) -> tuple[list[Path], dict[str, float]]:
-    """write_audio, then each lossy file read back and, while its decoded true peak passes settings.peak_db,
+    """write_audio, then, with loudness normalisation (whose ceiling is a true peak), each lossy file read
+    back and, while its decoded true peak passes settings.peak_db,
     encoded again quieter by the overshoot and _TRIM_MARGIN_DB (the encoder's overshoot changes with its
     input); returns the paths and the trim in dB of each file encoded again."""
     paths = write_audio(y, stem, sample_rate, settings.formats)
     trims: dict[str, float] = {}
+    if settings.loudness_lufs is None:  # peak normalisation promises sample peaks only, not decoded true peaks
+        return paths, trims
     for path in paths:
         fmt = path.suffix.lstrip(".")
         if fmt not in LOSSY:
