@@ -141,6 +141,23 @@ def _crash_at(marker: Path, epoch: int, batch: int) -> list[str]:
             f"+callbacks.crash.epoch={epoch}", f"+callbacks.crash.batch={batch}"]
 
 
+def _reference_and_killed(common: list[str], marker: Path, epoch: int,
+                          batch: int) -> tuple[subprocess.Popen, list[str]]:
+    """Start an uninterrupted run named `reference` and a run named `crashed` that is SIGKILLed at
+    (epoch, batch); return the reference, still running, and the overrides that resume `crashed`."""
+    crash = ["run_name=crashed", *_crash_at(marker, epoch=epoch, batch=batch)]
+    reference = _start(*common, "run_name=reference")
+    _kill_when_parked(_start(*common, *crash), marker)
+    return reference, crash
+
+
+def _last_checkpoints(root: Path) -> tuple[dict, dict]:
+    """last.ckpt of the `crashed` and the `reference` runs under `root`."""
+    final, ref = (read_checkpoint(root / "outputs" / "smoke" / name / "checkpoints" / "last.ckpt")
+                  for name in ("crashed", "reference"))
+    return final, ref
+
+
 def _kill_when_parked(victim: subprocess.Popen, marker: Path) -> None:
     """SIGKILL `victim` once its CrashPoint has written `marker`."""
     deadline = time.monotonic() + 240
@@ -164,10 +181,7 @@ def test_killed_run_resumes_to_the_uninterrupted_runs_metrics(data_dir, tmp_path
     """
     common = ["experiment=smoke", "callbacks=none", "test=false", "trainer.max_epochs=2", "data.batch_size=4",
               "resume=auto", f"paths.root_dir={tmp_path}", f"paths.data_dir={data_dir}"]
-    marker = tmp_path / "crashed"
-    crash = ["run_name=crashed", *_crash_at(marker, epoch=1, batch=10)]
-    reference = _start(*common, "run_name=reference")
-    _kill_when_parked(_start(*common, *crash), marker)
+    reference, crash = _reference_and_killed(common, tmp_path / "crashed", epoch=1, batch=10)
     run = tmp_path / "outputs" / "smoke" / "crashed"
     at_kill = read_checkpoint(run / "checkpoints" / "last.ckpt")
     assert at_kill["epoch"] == 0  # the kill landed in epoch 1, after epoch 0's checkpoint
@@ -177,8 +191,7 @@ def test_killed_run_resumes_to_the_uninterrupted_runs_metrics(data_dir, tmp_path
     assert "restored the random state saved with the checkpoint (epoch 1)" in resumed  # epoch 1, not 0
     ref_out = _finish(reference)
 
-    final, ref = (read_checkpoint(tmp_path / "outputs" / "smoke" / name / "checkpoints" / "last.ckpt")
-                  for name in ("crashed", "reference"))
+    final, ref = _last_checkpoints(tmp_path)
     assert (final["epoch"], final["global_step"]) == (ref["epoch"], ref["global_step"])
     assert (final["epoch"], final["global_step"]) == (1, 2 * at_kill["global_step"])
     skill_resumed, skill_ref = float(SKILL.findall(resumed)[-1]), float(SKILL.findall(ref_out)[-1])
@@ -199,10 +212,7 @@ def test_run_killed_after_an_epoch_that_did_not_improve_resumes_from_that_epoch(
     """
     common = ["experiment=smoke", "callbacks=none", "test=false", "trainer.max_epochs=3", "model.lr=0",
               "resume=auto", f"paths.root_dir={tmp_path}", f"paths.data_dir={data_dir}"]
-    marker = tmp_path / "crashed"
-    crash = ["run_name=crashed", *_crash_at(marker, epoch=2, batch=0)]
-    reference = _start(*common, "run_name=reference")
-    _kill_when_parked(_start(*common, *crash), marker)
+    reference, crash = _reference_and_killed(common, tmp_path / "crashed", epoch=2, batch=0)
     checkpoints = tmp_path / "outputs" / "smoke" / "crashed" / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["epoch_000.ckpt", "last.ckpt"]  # no improvement
     best, at_kill = read_checkpoint(checkpoints / "epoch_000.ckpt"), read_checkpoint(checkpoints / "last.ckpt")
@@ -214,8 +224,7 @@ def test_run_killed_after_an_epoch_that_did_not_improve_resumes_from_that_epoch(
     assert "restored the random state saved with the checkpoint (epoch 2)" in resumed
     ref_out = _finish(reference)
 
-    final, ref = (read_checkpoint(tmp_path / "outputs" / "smoke" / name / "checkpoints" / "last.ckpt")
-                  for name in ("crashed", "reference"))
+    final, ref = _last_checkpoints(tmp_path)
     assert (final["epoch"], final["global_step"]) == (ref["epoch"], ref["global_step"]) == (2, 3 * best["global_step"])
     assert float(SKILL.findall(resumed)[-1]) == float(SKILL.findall(ref_out)[-1])
     torch.testing.assert_close([s["state"] for s in final["optimizer_states"]],
