@@ -9,13 +9,14 @@ DEMO_OUT := outputs/demo/make-demo/generated
 VOC_DIR := outputs/vocoder_demo/make-demo
 VOC_CKPT := $(VOC_DIR)/checkpoints/last.ckpt
 
-.PHONY: setup demo test bench clean-demo system-deps
+.PHONY: setup demo test bench app clean-demo system-deps
 
 setup: $(STAMP)
 
 # FluidSynth renders the demo set (required). Debian's sonic-pi-samples (165 FLAC one-shots and loops
-# in /usr/share/sonic-pi/samples) are the real recordings tests/test_recordings.py trains on; without
-# apt those tests are skipped and say why.
+# in /usr/share/sonic-pi/samples) are the real recordings tests/test_recordings.py trains on; chromium and
+# chromium-driver are the headless browser tests/test_app.py drives the web app with. Without apt those
+# tests are skipped and say why.
 system-deps:
 	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); updated=; \
 	apt_install() { [ -n "$$updated" ] || $$SUDO apt-get update -qq; updated=1; $$SUDO apt-get install -y -qq "$$@"; }; \
@@ -28,6 +29,10 @@ system-deps:
 	if command -v apt-get >/dev/null && ! dpkg -s sonic-pi-samples >/dev/null 2>&1; then \
 	  echo "installing sonic-pi-samples (real recordings for tests/test_recordings.py)"; \
 	  apt_install sonic-pi-samples || echo "sonic-pi-samples not installed: tests/test_recordings.py will be skipped"; \
+	fi; \
+	if command -v apt-get >/dev/null && ! { command -v chromium && command -v chromedriver; } >/dev/null; then \
+	  echo "installing chromium and chromium-driver (the browser tests/test_app.py drives)"; \
+	  apt_install chromium chromium-driver || echo "chromium not installed: the browser tests of tests/test_app.py will be skipped"; \
 	fi
 
 $(STAMP): pyproject.toml | system-deps
@@ -56,6 +61,12 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# The web app (musegen.app, the `app` extra) on the demo checkpoint, at http://127.0.0.1:7860
+app: setup
+	@test -f $(DEMO_CKPT) || { echo "no demo checkpoint at $(DEMO_CKPT): run make demo first"; exit 1; }
+	@$(PY) -c "import gradio" 2>/dev/null || $(PY) -m pip install -q -e '.[app]'
+	$(PY) -m musegen.app ckpt=$(DEMO_CKPT)
 
 bench: setup
 	@mkdir -p bench/results

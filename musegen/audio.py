@@ -22,13 +22,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import librosa
 import numpy as np
 import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from musegen.dsp import idct_matrix, midi_to_hz, nearest_pitch
+from musegen.dsp import idct_matrix, mel_filterbank, midi_to_hz, nearest_pitch
 from musegen.features import FeatureConfig
 from musegen.io import atomic_path
 from musegen.runtime import torch_threads
@@ -102,7 +101,7 @@ class Synthesizer:
         self.threads = threads
         self.device = torch.device(device)
         cfg = features
-        mel = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels).astype(np.float64)
+        mel = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels)
         self._idct = torch.tensor(idct_matrix(cfg.n_mfcc, cfg.n_mels), dtype=torch.float32, device=self.device)
         self._mel_pinv = torch.tensor(np.linalg.pinv(mel), dtype=torch.float32, device=self.device)  # [F, n_mels]
         self._window = torch.hann_window(cfg.n_fft, periodic=True, device=self.device)
@@ -186,7 +185,7 @@ class Synthesizer:
             rebuilt = self.stft(self.istft(angles, inner, inv_env))
             # angles = (rebuilt - keep * tprev) projected onto the target magnitudes, in place
             angles = rebuilt.clone() if tprev is None else torch.sub(rebuilt, tprev, alpha=keep)
-            scale = angles.abs().add_(eps)
+            scale = complex_abs(angles).add_(eps)
             angles.mul_(torch.div(S, scale, out=scale))
             tprev = rebuilt
         return self.istft(angles, length, inv_env).reshape(*shape[:-2], length)
@@ -216,6 +215,14 @@ class Synthesizer:
             return to_numpy(inv if harm is None else harm)
         return _balance(to_numpy(harm), to_numpy(inv), self.harmonic_weight)
 
+
+
+def complex_abs(spec: torch.Tensor) -> torch.Tensor:
+    """|spec| of a complex tensor as sqrt(re^2 + im^2): several times faster on CPU than Tensor.abs, whose
+    overflow-safe hypot Griffin-Lim's well-scaled spectra do not need."""
+    parts = torch.view_as_real(spec)
+    re, im = parts[..., 0], parts[..., 1]
+    return (re * re + im * im).sqrt_()
 
 
 # -------------------------------------------------------------------- harmonic resynthesis

@@ -2,7 +2,6 @@
 logger that takes media (TensorBoard, Weights & Biases, MLflow)."""
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -10,22 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import matplotlib
+import numpy as np
+import soundfile as sf
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
-matplotlib.use("Agg")
-import librosa  # noqa: E402
-import librosa.display  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pretty_midi  # noqa: E402
-import soundfile as sf  # noqa: E402
-from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger  # noqa: E402
-
-from musegen.audio import Synthesizer  # noqa: E402
-from musegen.export import ExportSettings, export_sample, slug  # noqa: E402
-from musegen.features import FeatureConfig  # noqa: E402
-from musegen.generation import Generator, encoder_from_config  # noqa: E402
-from musegen.text import TextEncoder  # noqa: E402
+from musegen.audio import Synthesizer
+from musegen.export import ExportSettings, export_sample, slug
+from musegen.features import FeatureConfig
+from musegen.figures import piano_rolls, spectrograms, to_image
+from musegen.generation import Generator, encoder_from_config
+from musegen.text import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -138,31 +131,11 @@ def _media_sender(logger: Logger) -> Callable[[Any, Sample], None] | None:
     return next((send for kind, send in _MEDIA_LOGGERS.items() if isinstance(logger, kind)), None)
 
 
-def _figure_to_array(fig: plt.Figure) -> np.ndarray:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    buf.seek(0)
-    return plt.imread(buf)[..., :3]
-
-
 def mel_figure(y: np.ndarray, sr: int) -> np.ndarray:
     """A log-mel spectrogram of `y` as an RGB image array."""
-    fig, ax = plt.subplots(figsize=(6, 3))
-    mel = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr), ref=np.max)
-    librosa.display.specshow(mel, sr=sr, x_axis="time", y_axis="mel", ax=ax)
-    ax.set_title("mel spectrogram")
-    return _figure_to_array(fig)
+    return to_image(spectrograms([y], sr, ["mel spectrogram"]))
 
 
 def piano_roll_figure(midi_path: str) -> np.ndarray:
     """The MIDI file's notes as a piano roll, as an RGB image array."""
-    pm = pretty_midi.PrettyMIDI(midi_path)
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for inst in pm.instruments:
-        for n in inst.notes:
-            ax.barh(n.pitch, n.end - n.start, left=n.start, height=0.8)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("MIDI pitch")
-    ax.set_title("piano roll")
-    return _figure_to_array(fig)
+    return to_image(piano_rolls([midi_path], ["piano roll"]))

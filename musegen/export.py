@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,6 @@ from musegen.audio import MODES, finalize, write_audio
 from musegen.features import FeatureConfig
 from musegen.instruments import Instrument, find_instrument
 from musegen.io import write_json
-from musegen.loudness import normalize_loudness, true_peak_db
 from musegen.midi import render_midi, transcribe
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class ExportSettings:
     synthesis: str                  # mfcc | harmonic | mix (musegen.audio.Synthesizer) | vocoder
     midi: bool
     render_midi: bool               # also write <name>.midi.wav: the MIDI played by FluidSynth
+    musicxml: bool                  # also write <name>.musicxml: the transcription as a score (music21)
     tempo_bpm: float
     peak_db: float                  # sample peak, and with loudness_lufs true peak, never above this dBFS
     loudness_lufs: float | None     # integrated loudness of every written audio file; None: peak_db only
@@ -84,6 +85,9 @@ def master(y: np.ndarray, sample_rate: int, settings: ExportSettings) -> tuple[n
     y = finalize(y, sample_rate, peak_db=settings.peak_db)
     if settings.loudness_lufs is None:
         return y, None
+    # pyloudnorm imports scipy.signal, seconds of start-up that only loudness normalisation needs
+    from musegen.loudness import normalize_loudness  # noqa: PLC0415
+
     y, report = normalize_loudness(y, sample_rate, settings.loudness_lufs, settings.peak_db,
                                    settings.max_limiting_db)
     return y, report.to_dict()
@@ -102,20 +106,44 @@ def synthesize(frames: np.ndarray, features: FeatureConfig, synth: Renderer, sam
     return master(_rendered(frames, synth, samples, settings, register), features.sample_rate, settings)[0]
 
 
+def render(frames: np.ndarray, features: FeatureConfig, synth: Renderer, settings: ExportSettings,
+           duration: float, prompts: Sequence[str | None]) -> list[tuple[np.ndarray, dict[str, Any] | None]]:
+    """[B, T, F] frames -> each item's audio as written (`duration` seconds, mastered) with its loudness
+    report. The analytic synthesis plays each item in the register of the instrument its prompt names.
+    Items are rendered one by one: a batch of spectrograms outgrows the CPU caches, and Griffin-Lim on
+    eight items at once takes several times as long as on each in turn (docs/BENCHMARKS.md)."""
+    samples = int(round(duration * features.sample_rate))
+    rendered = []
+    for item, prompt in zip(frames, prompts):
+        instrument = find_instrument(prompt)
+        y = _rendered(item, synth, samples, settings, instrument.register if instrument else 60)
+        rendered.append(master(y, features.sample_rate, settings))
+    return rendered
+
+
 def export_sample(
     frames: np.ndarray, features: FeatureConfig, out_dir: str | Path, base: str, prompt: str | None,
     synth: Renderer, settings: ExportSettings, duration: float, metadata: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Write one sample's files; returns {kind: path}. The sidecar JSON is written last."""
+    """Render one sample and write its files; returns {kind: path}."""
+    [(y, loudness)] = render(frames[None], features, synth, settings, duration, [prompt])
+    return write_sample(y, loudness, frames, features, out_dir, base, prompt, settings, metadata)
+
+
+def write_sample(
+    y: np.ndarray, loudness: dict[str, Any] | None, frames: np.ndarray, features: FeatureConfig,
+    out_dir: str | Path, base: str, prompt: str | None, settings: ExportSettings,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """Write one rendered sample's files (audio `y` as `render` made it, with its loudness report, and the
+    transcription of its frames) under a stem no existing file has; returns {kind: path}. The sidecar
+    JSON is written last."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    suffixes = tuple(f".{f}" for f in settings.formats) + (".mid", ".midi.wav", ".json")
+    suffixes = tuple(f".{f}" for f in settings.formats) + (".mid", ".midi.wav", ".musicxml", ".json")
     stem = free_stem(out_dir, base, suffixes)
     instrument = find_instrument(prompt)
-    register = instrument.register if instrument else 60
     start = time.perf_counter()
-    samples = int(round(duration * features.sample_rate))
-    y, loudness = master(_rendered(frames, synth, samples, settings, register), features.sample_rate, settings)
     # the audio files (MP3 encoding is the slow part, in C without the GIL) are written beside the MIDI work
     with ThreadPoolExecutor(max_workers=1) as pool:
         audio_files = pool.submit(_write_under_ceiling, y, stem, features.sample_rate, settings)
@@ -145,6 +173,7 @@ def _write_under_ceiling(y: np.ndarray, stem: Path, sample_rate: int, settings: 
     trims: dict[str, float] = {}
     if settings.loudness_lufs is None:  # peak normalisation promises sample peaks only, not decoded true peaks
         return paths, trims
+    from musegen.loudness import true_peak_db  # noqa: PLC0415 - as in master
     for path in paths:
         fmt = path.suffix.lstrip(".")
         if fmt not in LOSSY:
@@ -165,8 +194,11 @@ def _write_midi(frames: np.ndarray, features: FeatureConfig, stem: Path, instrum
     """The transcription as .mid and, with settings.render_midi, its FluidSynth rendition as .midi.wav,
     mastered like the audio so the two compare at one loudness; returns the paths and its loudness report."""
     name = instrument.name if instrument else None
-    mid = transcribe(frames, features, name, stem.with_suffix(".mid"), tempo_bpm=settings.tempo_bpm)
+    mid = transcribe(frames, features, name, stem.with_suffix(".mid"), tempo_bpm=settings.tempo_bpm,
+                     musicxml=settings.musicxml)
     paths = {"mid": str(mid)}
+    if settings.musicxml:
+        paths["musicxml"] = str(mid.with_suffix(".musicxml"))
     if not settings.render_midi:
         return paths, None
     rendition, loudness = master(render_midi(mid, features.sample_rate, name), features.sample_rate, settings)

@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 from musegen.checkpoint import CheckpointError, load_model
 from musegen.features import FeatureConfig, extract_file
 from musegen.model.conditioning import reference_embedding
-from musegen.model.heads import Sampling
+from musegen.model.heads import Noise, Sampling
 from musegen.model.muse import MuseModel
 from musegen.runtime import torch_threads
 from musegen.text import TextEncoder, is_null_text
@@ -28,11 +29,18 @@ log = logging.getLogger(__name__)
 _ENCODER_NAMESPACE = "musegen.text."
 
 
+#: one item of a generation batch: (prompt, lyrics, reference audio, seed)
+Item = tuple[str | None, str | None, Path | None, int]
+#: progress(done, total) after each generated segment
+ProgressFn = Callable[[int, int], None]
+
+
 @dataclass
 class GenerationResult:
-    frames: np.ndarray                 # [num_samples, T, 32] raw (unnormalised) features
+    frames: np.ndarray                 # [items, T, 32] raw (unnormalised) features
     features: FeatureConfig
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)     # what every item shares
+    items: list[dict[str, Any]] = field(default_factory=list)  # per item: prompt, lyrics, text, audio, seed
 
 
 def resolve_device(device: str) -> torch.device:
@@ -71,6 +79,7 @@ class Generator:
         self.encoder = encoder
         self.features: FeatureConfig = model.features
         self.max_duration = max_duration
+        self._texts: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", max_duration: float = 600.0,
@@ -80,18 +89,22 @@ class Generator:
 
     # -- conditioning --------------------------------------------------------------------------
     def _text(self, prompt: str | None, lyrics: str | None) -> tuple[torch.Tensor | None, str]:
+        """The embedding [text_dim] of prompt and lyrics together (None without either), and that text.
+        Each text is encoded once per Generator, and on its own, so an item's embedding never depends
+        on the batch it is in."""
         parts = [t.strip() for t in (prompt, lyrics) if not is_null_text(t)]
         text = ". ".join(parts)
         if not text:
             return None, ""
-        return self.encoder.encode([text]).to(self.device), text
+        if text not in self._texts:
+            self._texts[text] = self.encoder.encode([text])[0].to(self.device)
+        return self._texts[text], text
 
-    def _reference(self, audio: str | Path | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Reference frames [T, F] and pooled embedding [2F], or (None, None) for a neutral start."""
+    def _reference(self, audio: Path | None) -> torch.Tensor | None:
+        """Reference frames [T, F], or None for a neutral start."""
         if audio is None:
-            return None, None
-        frames = torch.from_numpy(extract_file(audio, self.features)).to(self.device)
-        return frames, reference_embedding(frames)
+            return None
+        return torch.from_numpy(extract_file(audio, self.features)).to(self.device)
 
     def num_frames(self, duration: float) -> int:
         """Frames whose synthesised audio (one hop per frame) covers `duration` seconds."""
@@ -116,63 +129,95 @@ class Generator:
     # -- generation ----------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(
-        self, prompt: str | None = None, lyrics: str | None = None, audio: str | Path | None = None,
-        duration: float = 20.0, guidance: float | None = None, temperature: float | None = None,
-        top_k: int | None = None, top_p: float | None = None, seed: int = 0, num_samples: int = 1,
-        progress: bool = False,
+        self, prompt: str | None | Sequence[str | None] = None, lyrics: str | None | Sequence[str | None] = None,
+        audio: str | Path | None | Sequence[str | Path | None] = None, duration: float = 20.0,
+        guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
+        top_p: float | None = None, seed: int = 0, num_samples: int = 1, progress: bool | ProgressFn = False,
     ) -> GenerationResult:
-        """Frames for `duration` seconds: continue `audio` when given, else start from nothing,
-        steered by the prompt/lyrics with classifier-free guidance (musegen.model.conditioning:
-        0 ignores the text, 1 is the conditional model, larger values push further towards it).
-        Sampling settings left None take the checkpoint's defaults for its head."""
+        """Frames for `duration` seconds per item, all items in one batched rollout.
+
+        ``prompt`` is one prompt or a list of them; ``lyrics`` and ``audio`` (a reference to continue)
+        are one value for all prompts or a list with one per prompt. Each prompt gets ``num_samples``
+        variations, variation j drawn with seed ``seed + j`` from its own random stream, so an item's
+        frames are those of a call with that prompt alone. Steered by the text with classifier-free
+        guidance (musegen.model.conditioning: 0 ignores the text, 1 is the conditional model, larger
+        values push further towards it); sampling settings left None take the checkpoint's defaults.
+        ``progress``: a bar (True) or a function called with (segments done, segments in all).
+        """
         if not 0 < duration <= self.max_duration:
             raise ValueError(f"duration must be in (0, {self.max_duration}] seconds, got {duration}")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         sampling = self.sampling(guidance, temperature, top_k, top_p)
+        items = batch_items(prompt, lyrics, audio, seed, num_samples)
         start = time.perf_counter()
-        text, text_used = self._text(prompt, lyrics)
-        ref_frames, ref_embed = self._reference(audio)
+        texts = [self._text(p, lyr) for p, lyr, _, _ in items]
+        refs = {a: self._reference(a) for a in dict.fromkeys(a for _, _, a, _ in items)}
         conditioned = time.perf_counter()
         with torch_threads(self.threads):
-            frames = self._roll_out(text, ref_frames, ref_embed, self.num_frames(duration), sampling, seed,
-                                    num_samples, progress)
+            frames = self._roll_out([t for t, _ in texts], [refs[a] for _, _, a, _ in items],
+                                    self.num_frames(duration), sampling, [s for *_, s in items], progress)
         meta = {
-            "prompt": prompt, "lyrics": lyrics, "text": text_used, "audio": str(audio) if audio else None,
-            "duration": duration, **sampling, "seed": seed,
-            "num_samples": num_samples, "frames": int(frames.shape[1]),
+            "duration": duration, **sampling, "seed": seed, "num_samples": num_samples,
+            "frames": int(frames.shape[1]),
             "conditioning_seconds": conditioned - start,  # text encoder (loaded on first use), reference features
             "generation_seconds": time.perf_counter() - start,
         }
-        return GenerationResult(frames=frames, features=self.features, metadata=meta)
+        described = [{"prompt": p, "lyrics": lyr, "text": used, "audio": str(a) if a else None, "seed": s}
+                     for (p, lyr, a, s), (_, used) in zip(items, texts)]
+        return GenerationResult(frames=frames, features=self.features, metadata=meta, items=described)
 
-    def _initial_context(self, ref_frames: torch.Tensor | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        c, f = self.model.context_frames, self.model.feature_dim
+    def _roll_out(self, texts: list[torch.Tensor | None], refs: list[torch.Tensor | None], total: int,
+                  sampling: dict[str, Any], seeds: list[int], progress: bool | ProgressFn) -> np.ndarray:
+        """Segment after segment: the model reads each item's last context_frames frames (its
+        reference's tail, then its own output) and samples the next segment_frames."""
+        m, n, c, f = self.model, len(seeds), self.model.context_frames, self.model.feature_dim
         context = torch.zeros(n, c, f, device=self.device)
         mask = torch.zeros(n, c, dtype=torch.bool, device=self.device)
-        if ref_frames is not None:
-            tail = ref_frames[-c:]
-            context[:, c - len(tail):] = tail
-            mask[:, c - len(tail):] = True
-        return context, mask
-
-    def _roll_out(
-        self, text: torch.Tensor | None, ref_frames: torch.Tensor | None, ref_embed: torch.Tensor | None,
-        total: int, sampling: dict[str, Any], seed: int, n: int, progress: bool,
-    ) -> np.ndarray:
-        """Segment after segment: the model reads the last context_frames frames (the reference's
-        tail, then its own output) and samples the next segment_frames."""
-        m = self.model
-        rng = torch.Generator(device=self.device).manual_seed(seed)
-        context, mask = self._initial_context(ref_frames, n)
-        cond, guided = m.generation_rows(text, ref_embed, n)  # the same at every step: computed once
+        reference = torch.zeros(n, 2 * f, device=self.device)
+        for i, ref in enumerate(refs):
+            if ref is not None:
+                tail = ref[-c:]
+                context[i, c - len(tail):], mask[i, c - len(tail):] = tail, True
+                reference[i] = reference_embedding(ref)
+        text = torch.stack([t if t is not None else torch.zeros_like(m.conditioner.null_text) for t in texts])
+        has_text = torch.tensor([t is not None for t in texts], device=self.device)
+        has_ref = torch.tensor([r is not None for r in refs], device=self.device)
+        cond, guided = m.generation_rows(text, reference, has_text, has_ref)  # the same at every step
         settings = Sampling(**{**sampling, "guidance": sampling["guidance"] if guided else None})
+        noise = Noise(seeds, self.device)
         out: list[torch.Tensor] = []
         steps = math.ceil(total / m.segment_frames)
-        for _ in tqdm(range(steps), desc="generating", unit="segment", disable=not progress):
-            new = m.next_frames(context, mask, cond, settings, rng)
+        for step in tqdm(range(steps), desc="generating", unit="segment", disable=progress is not True):
+            new = m.next_frames(context, mask, cond, settings, noise)
             out.append(new)
-            context = torch.cat([context, new], dim=1)[:, -context.shape[1]:]
-            real = torch.ones(new.shape[:2], dtype=torch.bool, device=self.device)
-            mask = torch.cat([mask, real], 1)[:, -mask.shape[1]:]
+            context = torch.cat([context, new], dim=1)[:, -c:]
+            mask = torch.cat([mask, torch.ones(new.shape[:2], dtype=torch.bool, device=self.device)], 1)[:, -c:]
+            if callable(progress):
+                progress(step + 1, steps)
         return torch.cat(out, dim=1)[:, :total].float().cpu().numpy()
+
+
+def batch_items(prompt: str | None | Sequence[str | None], lyrics: str | None | Sequence[str | None],
+                audio: str | Path | None | Sequence[str | Path | None], seed: int, num_samples: int) -> list[Item]:
+    """The items of a generation call: each prompt with its lyrics and reference, num_samples times
+    (seeds seed, seed + 1, ...). A single value of lyrics or audio goes with every prompt."""
+    prompts = [prompt] if prompt is None or isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise ValueError("prompt: an empty list; give a prompt, a list of prompts or null")
+
+    def per_prompt(name: str, value: Any) -> list[Any]:
+        if value is None or isinstance(value, (str, Path)):
+            return [value] * len(prompts)
+        values = list(value)
+        if len(values) != len(prompts):
+            raise ValueError(f"{name}: {len(values)} values for {len(prompts)} prompts; "
+                             "give one per prompt or one for all")
+        return values
+
+    for p in prompts:
+        if p is not None and not isinstance(p, str):
+            raise ValueError(f"prompt: {p!r} is not text")
+    refs = [None if a is None else Path(a) for a in per_prompt("audio", audio)]
+    return [(p, lyr, a, seed + j) for p, lyr, a in zip(prompts, per_prompt("lyrics", lyrics), refs)
+            for j in range(num_samples)]

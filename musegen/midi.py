@@ -1,4 +1,4 @@
-"""Feature frames -> notes -> music21 stream -> .mid, and .mid -> audio.
+"""Feature frames -> notes -> .mid (and a music21 score for notation: MusicXML), and .mid -> audio.
 
 The model predicts chroma beside MFCC; chroma names the pitch class, the MFCCs the loudness and
 the spectral envelope. A monophonic transcription from those alone:
@@ -28,10 +28,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import librosa
 import numpy as np
+import pretty_midi
 
-from musegen.dsp import mfcc_to_log_mel, midi_to_hz, nearest_pitch
+from musegen.dsp import mel_frequencies, mfcc_to_log_mel, midi_to_hz, nearest_pitch
 from musegen.features import FeatureConfig
 from musegen.instruments import INSTRUMENTS, Instrument, find_instrument
 from musegen.io import atomic_path
@@ -257,7 +257,7 @@ def choose_octaves(
 
 def _mel_hz(features: FeatureConfig) -> np.ndarray:
     """Centre frequency of each mel band of librosa.filters.mel (Slaney), ascending."""
-    return librosa.mel_frequencies(n_mels=features.n_mels + 2, fmin=0.0, fmax=features.sample_rate / 2.0)[1:-1]
+    return mel_frequencies(features.n_mels + 2, features.sample_rate / 2.0)[1:-1]
 
 
 def frames_to_notes(
@@ -359,31 +359,47 @@ def _quantise(notes: list[Note], sec_per_quarter: float, grid: int = 48) -> list
 
 
 def write_midi(notes: list[Note], path: str | Path, instrument: str | None = None, tempo_bpm: float = 120.0) -> Path:
-    """Write notes as a .mid via music21, atomically; the file parses in music21 and pretty_midi."""
+    """Write notes as a .mid with pretty_midi, atomically: one track with the GM instrument, a tempo
+    mark, and notes on notes_to_stream's grid; the file parses in music21 and pretty_midi. (music21
+    would write the same file, but its import alone costs generate.py a second.)"""
+    if tempo_bpm <= 0:
+        raise ValueError(f"tempo_bpm must be > 0, got {tempo_bpm}")
+    inst = _instrument(instrument)
+    sec_per_quarter = 60.0 / tempo_bpm
+    pm = pretty_midi.PrettyMIDI(resolution=480, initial_tempo=float(tempo_bpm))
+    track = pretty_midi.Instrument(program=inst.program if inst else 0, name=inst.name if inst else "piano")
+    track.notes = [pretty_midi.Note(velocity=vel, pitch=pitch, start=float(on) * sec_per_quarter,
+                                    end=float(off) * sec_per_quarter)
+                   for on, off, pitch, vel in _quantise(notes, sec_per_quarter)]
+    pm.instruments.append(track)
     path = Path(path)
-    score = notes_to_stream(notes, instrument, tempo_bpm)
     with atomic_path(path) as tmp:
-        score.write("midi", fp=str(tmp))
+        pm.write(str(tmp))
     log.debug("wrote %s (%d notes)", path, len(notes))
     return path
 
 
 def transcribe(
     frames: np.ndarray, features: FeatureConfig, instrument: str | None, path: str | Path, tempo_bpm: float = 120.0,
+    musicxml: bool = False,
 ) -> Path:
-    """frames_to_notes in the instrument's register and range, then write_midi."""
+    """frames_to_notes in the instrument's register and range, then write_midi; with ``musicxml``, the
+    same notes as a score beside it (``path`` with the suffix .musicxml)."""
     inst = _instrument(instrument)
     register, rng = (inst.register, (inst.low, inst.high)) if inst else (60, None)
     notes = frames_to_notes(frames, features, register=register, pitch_range=rng)
-    return write_midi(notes, path, inst.name if inst else None, tempo_bpm)
+    name = inst.name if inst else None
+    if musicxml:
+        score = notes_to_stream(notes, name, tempo_bpm)
+        with atomic_path(Path(path).with_suffix(".musicxml")) as tmp:
+            score.write("musicxml", fp=str(tmp))
+    return write_midi(notes, path, name, tempo_bpm)
 
 
 def render_midi(
     path: str | Path, sample_rate: int, instrument: str | None = None, soundfont: str | None = None,
 ) -> np.ndarray:
     """Render a .mid with FluidSynth (musegen.fluid), every track set to the instrument's GM program."""
-    import pretty_midi  # noqa: PLC0415
-
     from musegen import fluid  # noqa: PLC0415
 
     pm = pretty_midi.PrettyMIDI(str(path))

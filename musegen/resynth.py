@@ -13,12 +13,13 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from musegen.apps.errors import user_errors
-from musegen.audio import MODES, Synthesizer, finalize, write_audio
+from musegen.audio import MODES, finalize, write_audio
+from musegen.cli import CONFIG_PATH
 from musegen.data.datamodule import feature_config
 from musegen.data.sources import AUDIO_EXTENSIONS, audio_files
 from musegen.features import AudioError, FeatureConfig, extract_file
@@ -31,7 +32,7 @@ def renderer(vocoder: str, cfg: DictConfig) -> tuple[Callable[[np.ndarray], np.n
     """(frames -> audio, the feature settings it expects) for a checkpoint path or an analytic mode."""
     if vocoder in MODES:
         features = feature_config(dict(cfg.features))
-        synth = Synthesizer(features, n_iter=cfg.synth.n_iter, momentum=cfg.synth.momentum, threads=cfg.synth.threads)
+        synth = instantiate(cfg.synth)(features)
         return (lambda frames: synth.render(frames, mode=vocoder)), features
     from musegen.vocoder import load_vocoder  # noqa: PLC0415 - torch network only when asked for
 
@@ -73,9 +74,9 @@ def resynthesize(cfg: DictConfig) -> dict[str, list]:
     return report
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="resynth")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="resynth")
 def main(cfg: DictConfig) -> None:
-    with user_errors("resynth", HydraConfig.get().runtime.output_dir):
+    with user_errors("resynth"):
         resynthesize(cfg)
 
 

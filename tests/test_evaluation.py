@@ -30,6 +30,7 @@ from musegen.eval.run import METRICS, EvalSettings
 from musegen.features import FeatureConfig, extract
 from musegen.model.heads import last_frame
 from musegen.model.normaliser import Normaliser
+from musegen.model_card import CARD_FILE, fmt
 
 FEATS = FeatureConfig()
 SETTINGS = dict(num_prompts=1, seconds=1.0, max_test_clips=2, guidance=None, temperature=None, seed=0,
@@ -239,6 +240,13 @@ def test_evaluate_py_end_to_end(tmp_path, smoke_run):
     assert set(realism["descriptors"]) == {"generated", "reference", "real"}
     assert realism["long_generation"]["last_window"]["onsets_per_second"] is not None
     assert realism["notes"]["ground_truth_midi"]["notes_per_second"] > 0
+    # the checkpoint's model card now shows these figures beside their baselines
+    card = (smoke_run["ckpt"].parent / CARD_FILE).read_text()
+    assert str((out_dir / "metrics.json").resolve()) in card and "Not evaluated yet" not in card
+    for name in METRICS:
+        entry = results["metrics"][name]
+        assert f"| {name} | {fmt(entry['value'])} | " in card, name
+        assert all(f"{k} {fmt(v)}" in card for k, v in entry["baselines"].items()), name
 
 
 def test_linear_baseline_learns_a_linear_continuation():

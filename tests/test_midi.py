@@ -137,3 +137,27 @@ def test_peak_pick_finds_librosas_peaks(params):
                                         post_avg=post_avg, delta=delta, wait=wait)
         np.testing.assert_array_equal(ours, theirs)
     assert len(midi.peak_pick(signals[0], *params)) > 10  # the random signal has peaks to find
+
+
+def test_musicxml_beside_the_midi_holds_the_same_notes(tmp_path):
+    from music21 import converter
+
+    frames = extract(render(MELODY[:4], INSTRUMENTS["piano"].program), CFG)
+    path = midi.transcribe(frames, CFG, "a calm flute tune", tmp_path / "tune.mid", musicxml=True)
+    score = converter.parse(str(path.with_suffix(".musicxml")))
+    pm = pretty_midi.PrettyMIDI(str(path))
+    notes = score.stripTies().flatten().notes   # notation splits long notes at barlines into tied ones
+    assert [n.pitch.midi for n in notes] == [n.pitch for n in pm.instruments[0].notes]
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".mid", ".musicxml"]
+
+
+def test_writing_midi_does_not_import_music21(tmp_path):
+    """music21's import costs generate.py a second; only the MusicXML option needs it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from musegen import midi; "
+            f"midi.write_midi([(0.0, 0.5, 60, 90)], {str(tmp_path / 'x.mid')!r}, instrument='violin'); "
+            "print('music21' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -4,7 +4,7 @@ import torch
 
 from musegen.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_model
 from musegen.model.conditioning import ConditioningDropout, guide, reference_embedding
-from musegen.model.heads import HeadInput, MSEHead, Sampling, last_frame
+from musegen.model.heads import HeadInput, MSEHead, Noise, Sampling, last_frame
 from musegen.model.muse import MuseModel, build_head
 from musegen.module import MuseModule
 
@@ -185,7 +185,7 @@ def test_mse_head_samples_with_noise_scaled_by_the_residual_and_temperature():
     x = HeadInput(torch.randn(3, 6), torch.randn(3, 10, 32), torch.ones(3, 10, dtype=torch.bool))
     head.eval()
     mean = head.mean(x)
-    still = head.sample(x, Sampling(guidance=None, temperature=0.0), torch.Generator().manual_seed(0))
-    noisy = head.sample(x, Sampling(guidance=None, temperature=0.5), torch.Generator().manual_seed(0))
+    still = head.sample(x, Sampling(guidance=None, temperature=0.0), Noise(range(3)))
+    noisy = head.sample(x, Sampling(guidance=None, temperature=0.5), Noise(range(3)))
     assert torch.equal(still, mean)
     assert 0.8 < float((noisy - mean).std()) < 1.2  # 0.5 * 2

@@ -179,3 +179,31 @@ def test_missing_local_folder(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     with pytest.raises(TextModelUnavailable, match="no such folder"):
         _ = HFEncoder(model=str(missing)).dim
+
+
+def test_default_encoder_gives_transformers_bert_embeddings(minilm: SentenceEncoder) -> None:
+    """musegen.bert runs the default weights without transformers: the same embeddings as
+    transformers' BertModel with the sentence-transformers pooling, long texts truncated alike."""
+    import torch.nn.functional as F
+    from transformers import AutoModel, AutoTokenizer
+
+    texts = ["calm piano melody", "A fast, aggressive drum solo!", "chanson d’été au piano",
+             "an ambient drone " * 120]
+    folder = minilm._resolve()
+    tokenizer, net = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=minilm.max_length, return_tensors="pt")
+    with torch.no_grad():
+        hidden = net(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    expected = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1)
+    torch.testing.assert_close(minilm.encode(texts), expected, atol=2e-5, rtol=1e-4)
+
+
+def test_default_encoder_does_not_import_transformers() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from musegen.text import SentenceEncoder; e = SentenceEncoder(); "
+            "print(e.dim, e.encode(['calm piano']).shape[1], 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["384", "384", "False"]

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from musegen.model.codebook import Codebook
-from musegen.model.heads import HeadInput, Sampling
+from musegen.model.heads import HeadInput, Noise, Sampling
 from musegen.model.muse import build_head
 from musegen.model.token_head import TokenHead
 
@@ -48,7 +48,8 @@ def guided_input(cond: HeadInput, uncond: HeadInput) -> HeadInput:
 
 def draw(head: TokenHead, x: HeadInput, sampling: Sampling, seed: int = 0) -> torch.Tensor:
     with torch.no_grad():
-        return head.sample(x, sampling, torch.Generator().manual_seed(seed))
+        n = x.state.shape[0] // (1 if sampling.guidance is None else 2)
+        return head.sample(x, sampling, Noise(range(seed, seed + n)))
 
 
 # --- codebook ---------------------------------------------------------------------------------
@@ -217,7 +218,7 @@ def test_top_k_one_and_a_tiny_nucleus_are_argmax() -> None:
 def test_truncation_draws_only_from_the_kept_tokens() -> None:
     head = make_head()
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(4000, -1)
-    g = torch.Generator().manual_seed(0)
+    g = Noise(range(4000))
     nucleus = head.next_token(logits, Sampling(None, 1.0, top_p=0.7), g)
     assert set(nucleus.tolist()) == {0, 1}
     top3 = head.next_token(logits, Sampling(None, 1.0, top_k=3), g)
@@ -231,7 +232,7 @@ def test_truncation_draws_only_from_the_kept_tokens() -> None:
 def test_temperature_sharpens_the_distribution() -> None:
     head = make_head()
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(4000, -1)
-    g = torch.Generator().manual_seed(0)
+    g = Noise(range(4000))
     cold = (head.next_token(logits, Sampling(None, 0.3), g) == 0).float().mean()
     hot = (head.next_token(logits, Sampling(None, 3.0), g) == 0).float().mean()
     assert cold > 0.8 and hot < 0.4

@@ -18,6 +18,7 @@ from omegaconf import open_dict
 
 from musegen.checkpoint import CheckpointError
 from musegen.features import extract
+from musegen.model_card import fmt, training_facts, write_training_card
 from musegen.resynth import resynthesize
 from musegen.vocoder import Vocoder, load_vocoder
 
@@ -49,8 +50,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     before = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     trainer.fit(module, datamodule=datamodule)
     after = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-    return {"root": root, "module": module, "datamodule": datamodule, "before": before, "after": after,
-            "ckpt": root / "run" / "checkpoints" / "last.ckpt", "run": root / "run"}
+    return {"root": root, "module": module, "datamodule": datamodule, "trainer": trainer, "before": before,
+            "after": after, "ckpt": root / "run" / "checkpoints" / "last.ckpt", "run": root / "run"}
 
 
 def test_training_lowers_the_validation_loss_and_logs_audio(trained):
@@ -58,6 +59,18 @@ def test_training_lowers_the_validation_loss_and_logs_audio(trained):
     assert trained["after"]["val/lsd"] < trained["before"]["val/lsd"]
     events = list((trained["run"] / "tensorboard").rglob("events.out.tfevents.*"))
     assert events and max(e.stat().st_size for e in events) > 10_000  # audio and mel images, not only scalars
+
+
+def test_the_model_card_describes_a_vocoder(trained, tmp_path):
+    facts = training_facts(trained["datamodule"], trained["module"], trained["trainer"],
+                           {"task_name": "vocoder_demo"}, trained["after"])
+    card = write_training_card(tmp_path, facts).read_text()
+    parameters = sum(p.numel() for p in trained["module"].parameters())
+    assert f"A musegen vocoder (feature frames to waveform): {parameters:,} parameters" in card
+    assert "12 clips" in card and "| training crops |" in card
+    assert "(blocks 1, dim 16, gl_iters 16, head istft, intermediate 32," in card
+    assert "not conditioned on text" in card and "Not evaluated yet" not in card
+    assert f"| lsd | {fmt(trained['after']['val/lsd'])} | n/a |" in card
 
 
 def test_crops_come_from_the_generators_own_split(trained):
@@ -135,8 +148,10 @@ def test_resynth_skips_and_reports_a_broken_file(trained, tmp_path):
     for i in dm.split_clips["test"][:2]:
         shutil.copy(dm.cache.paths[i], src / Path(dm.cache.paths[i]).name)
     (src / "broken.wav").write_bytes(b"RIFF not really a wave file")
-    out = tmp_path / "out"
-    run_script("musegen/resynth.py", f"vocoder={trained['ckpt']}", f"in={src}", f"out={out}")
+    out, cwd = tmp_path / "out", tmp_path / "cwd"
+    cwd.mkdir()
+    run_script("musegen/resynth.py", f"vocoder={trained['ckpt']}", f"in={src}", f"out={out}", cwd=cwd)
+    assert not any(cwd.iterdir())  # nothing outside `out`: no run folder, no .hydra
     report = json.loads((out / "report.json").read_text())
     assert len(report["written"]) == 2
     assert [Path(s["path"]).name for s in report["skipped"]] == ["broken.wav"]

@@ -19,6 +19,7 @@ from musegen.eval.metrics import rtf
 from musegen.eval.run import METRICS, Evaluation
 from musegen.generation import Generator
 from musegen.io import finite_or_none, write_json
+from musegen.model_card import metric_rows, now, record_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,32 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path, generate_cfg: Dict
     })
     write_json(Path(out_dir) / "metrics.json", results)
     log.info("wrote %s", Path(out_dir) / "metrics.json")
+    update_model_card(results, Path(out_dir) / "metrics.json")
     return results
+
+
+def headline(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each computed metric, in METRICS order, with its chance, target and baselines (no details); the
+    baselines as [name, value] pairs, so their order survives the model card's JSON, which sorts keys."""
+    return [{"name": name, "value": m["value"], "baselines": [[k, v] for k, v in m["baselines"].items()],
+             "chance": m["chance"], "target": m["target"]}
+            for name, m in ((n, results["metrics"][n]) for n in METRICS if n in results["metrics"])]
+
+
+def update_model_card(results: Mapping[str, Any], metrics_json: Path) -> None:
+    """Give the evaluated checkpoint's model card (musegen.model_card) these results' table.
+
+    The card is a companion of metrics.json, which is written already: a card that cannot be
+    written (a read-only checkpoint folder) is a warning, not a failed evaluation.
+    """
+    evaluation = {"checkpoint_sha256": results["checkpoint_sha256"], "evaluated_at": now(),
+                  "metrics_json": str(metrics_json.resolve()), "device": results["device"],
+                  "seconds": results["seconds"], "data": results["data"], "settings": results["settings"],
+                  "metrics": headline(results)}
+    try:
+        record_evaluation(results["checkpoint"], evaluation)
+    except OSError as err:
+        log.warning("model card beside %s not updated: %s", results["checkpoint"], err)
 
 
 def measure_rtf(generate_cfg: DictConfig) -> dict[str, float]:
@@ -115,17 +141,11 @@ def _data_config(cfg: Any) -> tuple[dict[str, Any], str]:
     return OmegaConf.to_container(cfg.data, resolve=True), "evaluate.py config"
 
 
-def _fmt(x: Any) -> str:
-    return "n/a" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
-
-
 def table(results: Mapping[str, Any]) -> Table:
     """A rich table: each metric, its baselines, the chance level and the design's target."""
     t = Table(title=f"musegen evaluation of {results['checkpoint']}")
     for col in ("metric", "model", "baselines (same run)", "chance", "target"):
         t.add_column(col)
-    for name in (n for n in METRICS if n in results["metrics"]):
-        m = results["metrics"][name]
-        base = "\n".join(f"{k} {_fmt(v)}" for k, v in m["baselines"].items())
-        t.add_row(name, _fmt(m["value"]), base, _fmt(m["chance"]) if m["chance"] is not None else "", m["target"] or "")
+    for name, value, baselines, chance, target in metric_rows(headline(results)):
+        t.add_row(name, value, "\n".join(baselines), chance, target)
     return t

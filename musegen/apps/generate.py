@@ -1,22 +1,16 @@
 """generate.py's work: checkpoint + prompt -> WAV, MP3, MIDI, the MIDI's rendition and a JSON sidecar."""
 from __future__ import annotations
 
-import importlib.metadata
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from musegen.checkpoint import file_sha256
-from musegen.export import ExportSettings, Renderer, export_sample, slug
-from musegen.features import AudioError, FeatureConfig
-from musegen.generation import Generator
+from musegen.api import load
+from musegen.features import AudioError
 from musegen.lyrics import write_lyrics
-from musegen.vocoder.checkpoint import load_vocoder
 
 #: generate.py's scalar arguments: (type, whether null is allowed). Hydra reads `duration=abc` as a
 #: string and `prompt=1985` as an int, so each is checked (or, for text, converted) before any work.
@@ -44,19 +38,6 @@ def arguments(cfg: DictConfig) -> dict[str, Any]:
     if args["vocoder"] is None and cfg.export.synthesis == "vocoder":
         raise ValueError("export.synthesis=vocoder needs vocoder=PATH (a checkpoint from experiment=vocoder_demo)")
     return args
-
-
-def renderer(args: dict[str, Any], cfg: DictConfig, features: FeatureConfig) -> tuple[Renderer, ExportSettings]:
-    """The audio path of this call: the vocoder when one is given (export.synthesis becomes vocoder), else
-    the analytic synthesis of conf/synth."""
-    settings = instantiate(cfg.export)
-    if args["vocoder"] is None:
-        return instantiate(cfg.synth)(features), settings
-    vocoder = load_vocoder(args["vocoder"])
-    if vocoder.features != features:
-        raise ValueError(f"vocoder={args['vocoder']}: built for other features than the checkpoint's "
-                         f"({vocoder.features} vs {features})")
-    return vocoder, replace(settings, synthesis="vocoder")
 
 
 def typed(name: str, value: Any, kind: type, nullable: bool) -> Any:
@@ -100,30 +81,16 @@ def generate_files(cfg: DictConfig) -> list[dict[str, str]]:
     """Check the arguments, load and generate before writing anything; then write each sample's files."""
     args = arguments(cfg)
     start = time.perf_counter()
-    gen = Generator.from_checkpoint(args["ckpt"], device=args["device"], max_duration=args["max_duration"],
-                                    threads=args["threads"])
+    model = load(args["ckpt"], device=args["device"], vocoder=args["vocoder"], threads=args["threads"],
+                 synth=cfg.synth, export=cfg.export, max_duration=args["max_duration"])
     loaded = time.perf_counter()
     prompt, lyrics = args["prompt"], args["lyrics"]
     if args["lyrics_from_prompt"]:
         lyrics = write_lyrics(prompt or "", model=args["lyrics_model"],
                               max_new_tokens=args["lyrics_max_new_tokens"], seed=args["seed"])
-    result = gen.generate(prompt=prompt, lyrics=lyrics, audio=args["audio"], duration=args["duration"],
-                          guidance=args["guidance"], temperature=args["temperature"], top_k=args["top_k"],
-                          top_p=args["top_p"], seed=args["seed"], num_samples=args["num_samples"], progress=True)
-    synth, settings = renderer(args, cfg, result.features)
-    meta = {**result.metadata, "checkpoint": str(args["ckpt"]), "checkpoint_sha256": file_sha256(args["ckpt"]),
-            "load_seconds": loaded - start, "versions": _versions(),
-            "vocoder": None if args["vocoder"] is None else {"path": str(args["vocoder"]),
-                                                            "sha256": file_sha256(args["vocoder"])}}
-    written = []
-    for i, frames in enumerate(result.frames):
-        base = f"{slug(prompt or lyrics or 'unconditional')}-s{args['seed']}"
-        base += f"-{i}" if args["num_samples"] > 1 else ""
-        written.append(export_sample(frames, result.features, args["out"], base, prompt, synth, settings,
-                                     args["duration"], {**meta, "sample": i}))
-    return written
-
-
-def _versions() -> dict[str, Any]:
-    return {p: importlib.metadata.version(p)
-            for p in ("musegen", "torch", "lightning", "librosa", "music21", "transformers")}
+    music = model.generate(prompt, args["duration"], lyrics=lyrics, audio=args["audio"], guidance=args["guidance"],
+                           temperature=args["temperature"], top_k=args["top_k"], top_p=args["top_p"],
+                           seed=args["seed"], num_samples=args["num_samples"], progress=True)
+    for meta in music.metadata:
+        meta["load_seconds"] = loaded - start
+    return music.save(args["out"])

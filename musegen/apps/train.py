@@ -1,19 +1,33 @@
 """train.py's work: build everything from the Hydra config, fit, test, return the optimised metric."""
 from __future__ import annotations
 
+import io
 import logging
+import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.tree import Tree
 
 from musegen.checkpoint import file_sha256, read_checkpoint
+from musegen.io import atomic_path
+from musegen.model_card import checkpoint_folders, now, training_facts, write_training_card
 from musegen.sweep import job_devices
 
 log = logging.getLogger(__name__)
+
+#: The config tree's first branches, in this order (what a run is about); the other keys follow as composed.
+TREE_FIRST = ("data", "model", "text", "trainer", "callbacks", "logger")
+CONFIG_TREE_FILE = "config_tree.log"
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
@@ -88,27 +102,71 @@ def start_from(module: L.LightningModule, checkpoint: dict, path: str, lr: float
              f", frozen: {', '.join(freeze)}" if freeze else "")
 
 
+@rank_zero_only
+def print_config_tree(cfg: DictConfig, path: Path) -> None:
+    """The resolved config as a tree, one branch per top-level key (TREE_FIRST first), on the console
+    and in `path`: what a run used, at a glance, beside the three YAML files Hydra keeps in .hydra/."""
+    tree = Tree("config", style="dim", guide_style="dim")
+    for name in [*(k for k in TREE_FIRST if k in cfg), *(k for k in cfg if k not in TREE_FIRST)]:
+        value = OmegaConf.select(cfg, name, throw_on_missing=False)
+        text = OmegaConf.to_yaml(value, resolve=True) if OmegaConf.is_config(value) else str(value)
+        tree.add(name, style="bold").add(Syntax(text.rstrip(), "yaml", word_wrap=True))
+    Console().print(tree)
+    # the file is plain text, no line wrapped (a path stays whole) and no padding
+    buffer = io.StringIO()
+    Console(file=buffer, width=10_000, color_system=None).print(tree)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()), encoding="utf-8")
+
+
+@rank_zero_only
+def write_model_cards(datamodule: L.LightningDataModule, module: L.LightningModule, trainer: L.Trainer,
+                      run: Mapping[str, Any], logged: Mapping[str, Any]) -> None:
+    """MODEL_CARD.md (musegen.model_card) beside the run's checkpoints, with the val/ and test/ metrics
+    of `logged`; a run that writes no checkpoint has no model to describe."""
+    folders = checkpoint_folders(trainer)
+    if not folders:
+        log.info("model card: this run writes no checkpoints, so no card")
+        return
+    metrics = {k: float(v) for k, v in logged.items() if k.startswith(("val/", "test/"))}
+    facts = training_facts(datamodule, module, trainer, run, metrics)
+    for folder in folders:
+        write_training_card(folder, facts)
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit (and test) the configured experiment; return `cfg.optimized_metric` from the last validation."""
+    started, start = now(), time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
-    # checkpoints are read (and refused) before anything is built, so a bad one costs no work
+    # checkpoints are read (and refused) before anything is built or written, so a bad one costs no work
     init = read_checkpoint(cfg.init_from) if cfg.get("init_from") else None
     resume = resume_path(cfg)
     if resume is not None:
         read_checkpoint(resume)
+    print_config_tree(cfg, Path(cfg.paths.output_dir) / CONFIG_TREE_FILE)
     datamodule, module, trainer = build(cfg)
     if init is not None:
         start_from(module, init, cfg.init_from, cfg.finetune.lr, list(cfg.finetune.freeze))
     log_hyperparameters(trainer, cfg, cfg.optimized_metric)
+    fit_start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    fit_seconds = time.perf_counter() - fit_start
     metric = trainer.callback_metrics.get(cfg.optimized_metric)
     value = float(metric) if metric is not None else None
+    logged = dict(trainer.callback_metrics)  # testing replaces the trainer's metrics by its own
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        logged.update(trainer.callback_metrics)
     if trainer.checkpoint_callback is not None:
         log.info("best checkpoint: %s", trainer.checkpoint_callback.best_model_path)
     log.info("%s = %s", cfg.optimized_metric, value)
+    write_model_cards(datamodule, module, trainer, {
+        "task_name": cfg.get("task_name"), "run_name": cfg.get("run_name"), "folder": str(cfg.paths.output_dir),
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None,
+        "seed": cfg.seed, "started": started, "finished": now(), "fit_seconds": round(fit_seconds, 3),
+        "total_seconds": round(time.perf_counter() - start, 3), "resumed_from": resume,
+        "init_from": cfg.get("init_from")}, logged)
     return value

@@ -49,22 +49,21 @@ class Conditioner(nn.Module):
             reference = torch.where(drop_ref[:, None], self.null_ref.expand_as(reference), reference)
         return torch.cat([self.text_proj(text), self.ref_proj(reference)], dim=-1)
 
-    def rows(self, text: torch.Tensor | None, reference: torch.Tensor | None, n: int) -> tuple[torch.Tensor, bool]:
+    def rows(self, text: torch.Tensor, reference: torch.Tensor, has_text: torch.Tensor,
+             has_ref: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """The conditioning of a generation batch of n items, and whether it is guided.
 
-        Without text: n rows with the null text. With text [1, text_dim]: 2n rows, the n conditional
-        ones then the n null-text ones that guidance contrasts them with. ``reference`` [ref_dim]
-        (normalised) or None for the null reference.
+        ``text`` [n, text_dim] and ``reference`` [n, ref_dim] (normalised) hold each item's embeddings;
+        where ``has_text`` / ``has_ref`` [n] are False the null vector stands in, whatever the row holds.
+        Without any text: n rows. Otherwise 2n rows, the n conditional ones then the n null-text ones
+        that guidance contrasts them with; an item without text has two equal rows, which guidance
+        leaves as they are.
         """
-        device = self.null_text.device
-        text_b = (text if text is not None else torch.zeros(1, self.null_text.numel(), device=device)).expand(n, -1)
-        null_ref = torch.zeros(self.null_ref.numel(), device=device)
-        ref_b = (reference if reference is not None else null_ref).expand(n, -1)
-        drop_ref = torch.full((n,), reference is None, device=device)
-        if text is None:
-            return self(text_b, ref_b, torch.ones(n, dtype=torch.bool, device=device), drop_ref), False
-        drop_text = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(device)
-        return self(text_b.repeat(2, 1), ref_b.repeat(2, 1), drop_text, drop_ref.repeat(2)), True
+        drop_ref = ~has_ref
+        if not bool(has_text.any()):
+            return self(text, reference, ~has_text, drop_ref), False
+        drop_text = torch.cat([~has_text, torch.ones_like(has_text)])
+        return self(text.repeat(2, 1), reference.repeat(2, 1), drop_text, drop_ref.repeat(2)), True
 
 
 class ConditioningDropout:

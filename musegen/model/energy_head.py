@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from musegen.model.conditioning import guide
-from musegen.model.heads import Head, HeadInput, Sampling, last_frame
+from musegen.model.heads import Head, HeadInput, Noise, Sampling, last_frame
 
 DECODERS = ("gru", "mlp")
 MEAN_SEED = 0  # fixed noise for ``mean``: the validation metric then moves with the weights only
@@ -167,12 +167,9 @@ class EnergyHead(Head):
         draws = self._generate(c.repeat(m, 1), start.repeat(m, 1), noise)
         return draws.view(m, b, self.segment_frames, self.out_dim).mean(0)
 
-    def sample(self, x: HeadInput, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, x: HeadInput, sampling: Sampling, noise: Noise) -> torch.Tensor:
         c, start = self._condition(x)
-        rows = c.shape[0]
-        n = rows if sampling.guidance is None else rows // 2
-        noise = torch.randn(self.noise_shape(n), generator=generator, device=c.device, dtype=c.dtype)
-        noise = sampling.temperature * noise
+        draws = sampling.temperature * noise.randn(*self.noise_shape(1)[1:]).to(c)
         if sampling.guidance is not None:
-            noise = noise.repeat(2, *([1] * (noise.dim() - 1)))
-        return self._generate(c, start, noise, sampling.guidance)
+            draws = draws.repeat(2, *([1] * (draws.dim() - 1)))
+        return self._generate(c, start, draws, sampling.guidance)

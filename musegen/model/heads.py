@@ -12,6 +12,7 @@ where its prediction allows, with musegen.model.conditioning.guide.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,30 @@ class Sampling:
     top_p: float | None = None
 
 
+class Noise:
+    """The random numbers of a generation batch: one stream per item, seeded on its own.
+
+    An item's sample then depends on its seed alone, not on which other items share its batch or in
+    which order: a batch of prompts gives each the frames a call with that prompt alone would give.
+    Each draw has one row per item, ``shape`` each.
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        """Uniform [0, 1) draws [items, *shape]."""
+        return torch.stack([torch.rand(shape, generator=g, device=self.device) for g in self.generators])
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        """Standard normal draws [items, *shape]."""
+        return torch.stack([torch.randn(shape, generator=g, device=self.device) for g in self.generators])
+
+
 class Head(nn.Module, ABC):
     """Distribution over the next segment [B, K, out_dim] given a HeadInput."""
 
@@ -58,8 +83,9 @@ class Head(nn.Module, ABC):
         """Point prediction [B, K, out_dim], normalised: what the skill metric scores."""
 
     @abstractmethod
-    def sample(self, x: HeadInput, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
-        """Sampled next segment [n, K, out_dim], normalised (n = B, or B / 2 under guidance)."""
+    def sample(self, x: HeadInput, sampling: Sampling, noise: Noise) -> torch.Tensor:
+        """Sampled next segment [n, K, out_dim], normalised (n = B, or B / 2 under guidance), item i's
+        randomness drawn from its own stream in ``noise`` (n streams)."""
 
     def prepare(self, frames: torch.Tensor) -> None:
         """Fit what the head learns from data before training (a codebook), from normalised training
@@ -117,13 +143,12 @@ class MSEHead(Head):
         weights[self.n_mfcc:] = self.chroma_weight
         return {"loss": (err * weights).sum() / weights.sum()}
 
-    def sample(self, x: HeadInput, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, x: HeadInput, sampling: Sampling, noise: Noise) -> torch.Tensor:
         pred = self.mean(x)
         if sampling.guidance is not None:
             n = pred.shape[0] // 2
             pred = guide(pred[:n], pred[n:], sampling.guidance)
-        noise = torch.randn(pred.shape, generator=generator, device=pred.device)
-        return pred + sampling.temperature * self.resid_std * noise
+        return pred + sampling.temperature * self.resid_std * noise.randn(*pred.shape[1:]).to(pred.dtype)
 
     def calibrate(self, val_mse: torch.Tensor) -> None:
         self.resid_std.copy_(val_mse.sqrt().to(self.resid_std))

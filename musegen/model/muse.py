@@ -18,7 +18,7 @@ from torch import nn
 from musegen.features import FeatureConfig
 from musegen.model.backbone import BiGRUBackbone
 from musegen.model.conditioning import Conditioner
-from musegen.model.heads import Head, HeadInput, Sampling, last_frame
+from musegen.model.heads import Head, HeadInput, Noise, Sampling, last_frame
 from musegen.model.normaliser import Normaliser
 
 #: Heads are named by `_target_` in configs and checkpoints; only musegen's own may be built.
@@ -66,11 +66,11 @@ class MuseModel(nn.Module):
         """[B, cond] from text embeddings and raw reference embeddings (null vectors where dropped)."""
         return self.conditioner(text, self.normaliser.normalise_reference(reference), drop_text, drop_ref)
 
-    def generation_rows(self, text: torch.Tensor | None, reference: torch.Tensor | None,
-                        n: int) -> tuple[torch.Tensor, bool]:
-        """Conditioning of a generation batch of n (2n rows when guided by a text); see Conditioner.rows."""
-        ref = None if reference is None else self.normaliser.normalise_reference(reference)
-        return self.conditioner.rows(text, ref, n)
+    def generation_rows(self, text: torch.Tensor, reference: torch.Tensor, has_text: torch.Tensor,
+                        has_ref: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Conditioning of a generation batch from raw per-item embeddings (2n rows when any item has a
+        text, for guidance); see Conditioner.rows."""
+        return self.conditioner.rows(text, self.normaliser.normalise_reference(reference), has_text, has_ref)
 
     # -- prediction ----------------------------------------------------------------------------
     def forward(self, context: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor) -> HeadInput:
@@ -97,13 +97,13 @@ class MuseModel(nn.Module):
         return last.expand(-1, self.segment_frames, -1)
 
     def next_frames(self, context: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor, sampling: Sampling,
-                    generator: torch.Generator) -> torch.Tensor:
+                    noise: Noise) -> torch.Tensor:
         """One sampled segment as raw frames [n, K, F]: chroma kept in [0, 1], and the training mean
         for chroma when the model does not predict it."""
         n = cond.shape[0] // 2 if sampling.guidance is not None else cond.shape[0]
         if context.shape[0] != cond.shape[0]:
             context, mask = context.repeat(2, 1, 1), mask.repeat(2, 1)
-        pred = self.head.sample(self(context, mask, cond), sampling, generator)
+        pred = self.head.sample(self(context, mask, cond), sampling, noise)
         raw = self.normaliser.denormalise(pred)
         if raw.shape[-1] < self.feature_dim:
             raw = torch.cat([raw, self.normaliser.mean[raw.shape[-1]:].expand(n, raw.shape[1], -1)], dim=-1)

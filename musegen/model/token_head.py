@@ -18,7 +18,7 @@ from torch import nn
 
 from musegen.model.codebook import Codebook
 from musegen.model.conditioning import guide
-from musegen.model.heads import Head, HeadInput, Sampling, last_frame
+from musegen.model.heads import Head, HeadInput, Noise, Sampling, last_frame
 
 log = logging.getLogger(__name__)
 
@@ -99,20 +99,20 @@ class TokenHead(Head):
             logits = self._rollout(x, lambda step_logits: step_logits.argmax(-1))[1]
         return logits.softmax(-1) @ self.codebook.centroids
 
-    def sample(self, x: HeadInput, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, x: HeadInput, sampling: Sampling, noise: Noise) -> torch.Tensor:
         """Sample the next segment token by token: [n, K, out_dim] centroids.
 
         Under guidance the 2n rows run together; each step combines row i's and row n + i's
         log-probabilities with ``guide``, draws one token per item and feeds it to both rows.
         """
         def pick(step_logits: torch.Tensor) -> torch.Tensor:
-            return self.next_token(step_logits, sampling, generator)
+            return self.next_token(step_logits, sampling, noise)
 
         tokens, _ = self._rollout(x, pick)
         n = tokens.shape[0] // 2 if sampling.guidance is not None else tokens.shape[0]
         return self.codebook.decode(tokens[:n])
 
-    def next_token(self, logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
+    def next_token(self, logits: torch.Tensor, sampling: Sampling, noise: Noise) -> torch.Tensor:
         """One step's tokens [rows] from its logits [rows, V] (2n rows under guidance: the chosen
         token of item i is returned for rows i and n + i)."""
         logp = logits.log_softmax(-1)
@@ -122,7 +122,7 @@ class TokenHead(Head):
         if sampling.temperature == 0:
             tok = logp.argmax(-1)
         else:
-            tok = _sample_from(logp / sampling.temperature, sampling.top_k, sampling.top_p, generator)
+            tok = _sample_from(logp / sampling.temperature, sampling.top_k, sampling.top_p, noise)
         return torch.cat([tok, tok]) if sampling.guidance is not None else tok
 
     def _require_fitted(self) -> None:
@@ -180,8 +180,7 @@ class TokenHead(Head):
         return torch.stack(tokens, 1), torch.stack(logits, 1)
 
 
-def _sample_from(logits: torch.Tensor, top_k: int | None, top_p: float | None,
-                 generator: torch.Generator) -> torch.Tensor:
+def _sample_from(logits: torch.Tensor, top_k: int | None, top_p: float | None, noise: Noise) -> torch.Tensor:
     """Draw one index per row of logits [rows, V] after top-k, then nucleus, truncation.
 
     The nucleus is the smallest set of the most likely tokens whose probability (renormalised after
@@ -199,6 +198,6 @@ def _sample_from(logits: torch.Tensor, top_k: int | None, top_p: float | None,
     if top_p is not None and top_p < 1.0:
         # Token j is kept while the mass of the tokens before it is below top_p.
         last = (cdf[:, :-1] < top_p).sum(-1, keepdim=True)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf.gather(1, last)
+    u = noise.rand(1).to(cdf) * cdf.gather(1, last)
     idx = torch.minimum(torch.searchsorted(cdf, u, right=True), last)
     return (idx if order is None else order.gather(1, idx)).squeeze(1)

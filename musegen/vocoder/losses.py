@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import librosa
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from musegen.dsp import mel_filterbank
 
 #: power floor for log-spectral distance (-100 dB re 1): keeps silent bins from dominating
 LSD_EPS = 1e-10
@@ -49,12 +50,12 @@ class MultiResolutionSTFTLoss(nn.Module):
 
 
 class MelLoss(nn.Module):
-    """L1 between log mel spectrograms of prediction and target (librosa's mel filterbank)."""
+    """L1 between log mel spectrograms of prediction and target (librosa's Slaney mel filterbank)."""
 
     def __init__(self, sample_rate: int, n_fft: int, hop: int, n_mels: int) -> None:
         super().__init__()
         self.n_fft, self.hop = n_fft, hop
-        mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)
+        mel = mel_filterbank(sample_rate, n_fft, n_mels)
         self.register_buffer("mel", torch.tensor(mel, dtype=torch.float32), persistent=False)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 

@@ -1,0 +1,121 @@
+"""Vocoder quality beside the analytic `mix` synthesis, each rebuilding audio from its true features, on
+three sets of clips in one run:
+
+- demo: demo-style clips (the demo's compositions and soundfonts, a seed the demo set does not use);
+- unseen soundfont: the same compositions played by a General MIDI soundfont the demo never uses
+  (default: Debian's musescore-general-soundfont-small);
+- recordings: a folder of real recordings (default: Debian's sonic-pi-samples), first 8 s of each.
+
+Per set and rendering: the two-sample accuracy of a classifier told to separate rebuilt from original
+windows (musegen.eval.realism; 0.5 = indistinguishable), pitch-class match, log-spectral distance and
+RMS variation (each rebuild matched to its original's RMS). Prints one JSON object.
+
+    python bench/bench_vocoder_quality.py --ckpt outputs/vocoder_demo/make-demo/checkpoints/last.ckpt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from common import machine
+
+from musegen.audio import Synthesizer
+from musegen.data.demo import DemoSource
+from musegen.data.sources import audio_files
+from musegen.eval import realism
+from musegen.features import extract, load_audio
+from musegen.instruments import find_instrument
+from musegen.vocoder import load_vocoder
+
+UNSEEN_SOUNDFONT = "/usr/share/sounds/sf3/MuseScore_General_Lite.sf3"
+RECORDINGS = "/usr/share/sonic-pi/samples"
+SEED = 20261201          # demo-style clips the demo set (seed 0) does not contain
+MIX_ITERATIONS = 16      # generate.py's setting (conf/synth/default.yaml)
+
+
+def demo_clips(root: Path, n: int, soundfonts: list[str] | None) -> list[tuple[np.ndarray, int]]:
+    """(audio, register of its instrument) of n demo-style clips, rendered with `soundfonts` (None: the demo's)."""
+    source = DemoSource(str(root), num_clips=n, seed=SEED, soundfonts=soundfonts)
+    out = []
+    for clip in source.clips():
+        y, _ = sf.read(clip.path, dtype="float32")
+        instrument = find_instrument(clip.caption)
+        out.append((y, instrument.register if instrument else 60))
+    return out
+
+
+def recordings(folder: Path, n: int, sample_rate: int, seconds: float) -> list[tuple[np.ndarray, int]]:
+    """The first `seconds` of up to n recordings at least 4 s long, with the default register."""
+    out = []
+    for path in audio_files(folder):
+        y = load_audio(path, sample_rate)[: int(seconds * sample_rate)]
+        if len(y) >= 4 * sample_rate and np.abs(y).max() > 1e-3:
+            out.append((y.astype(np.float32), 60))
+        if len(out) == n:
+            break
+    return out
+
+
+def level_matched(y: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    rms = lambda x: float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))  # noqa: E731
+    return (y * (rms(reference) / max(rms(y), 1e-12))).astype(np.float32)
+
+
+def measure(clips: list[tuple[np.ndarray, int]], renders: dict, sample_rate: int, features) -> dict:
+    originals = [y for y, _ in clips]
+    figures = {"clips": len(clips), "original_rms_variation": statistics.median(
+        realism.rms_variation(y, features) for y in originals)}
+    for name, render in renders.items():
+        rebuilt = []
+        for y, register in clips:
+            frames = extract(y, features)
+            rebuilt.append(level_matched(render(frames, register)[: len(y)], y))
+        rms_var = statistics.median(realism.rms_variation(r, features) for r in rebuilt)
+        figures[name] = {
+            "two_sample_accuracy": round(realism.two_sample_accuracy(rebuilt, originals, sample_rate, features), 3),
+            "pitch_class_match": round(float(np.nanmedian(
+                [realism.pitch_class_match(y, r, sample_rate, features) for y, r in zip(originals, rebuilt)])), 3),
+            "log_spectral_distance": round(statistics.median(
+                realism.log_spectral_distance(y, r, features) for y, r in zip(originals, rebuilt)), 3),
+            "rms_variation": round(rms_var, 3),
+            "rms_variation_ratio": round(rms_var / figures["original_rms_variation"], 2),
+        }
+    figures["original_rms_variation"] = round(figures["original_rms_variation"], 3)
+    return figures
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True, help="a vocoder checkpoint (train.py experiment=vocoder_demo)")
+    p.add_argument("--clips", type=int, default=48)
+    p.add_argument("--soundfont", default=UNSEEN_SOUNDFONT)
+    p.add_argument("--recordings", default=RECORDINGS)
+    p.add_argument("--seconds", type=float, default=8.0, help="of each recording")
+    args = p.parse_args()
+    vocoder = load_vocoder(args.ckpt)
+    features = vocoder.features
+    sr = features.sample_rate
+    synth = Synthesizer(features, n_iter=MIX_ITERATIONS)
+    renders = {"mix": lambda frames, register: synth.render(frames, mode="mix", register=register),
+               "vocoder": lambda frames, register: vocoder.render(frames)}
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = {"demo": demo_clips(Path(tmp) / "demo", args.clips, None),
+                "unseen_soundfont": demo_clips(Path(tmp) / "unseen", args.clips, [args.soundfont]),
+                "recordings": recordings(Path(args.recordings), args.clips, sr, args.seconds)}
+        results = {name: measure(clips, renders, sr, features) for name, clips in sets.items()}
+    print(json.dumps({
+        "what": "vocoder_quality", "machine": machine(),
+        "settings": {"ckpt": args.ckpt, "vocoder": vocoder.hparams, "clips": args.clips, "seed": SEED,
+                     "unseen_soundfont": Path(args.soundfont).name, "recordings": args.recordings,
+                     "recording_seconds": args.seconds, "mix_n_iter": MIX_ITERATIONS},
+        "figures": results,
+    }))
+
+
+if __name__ == "__main__":
+    main()
