@@ -1,6 +1,6 @@
 """Batched prompts: N prompts in one `model.generate([...])` call against N sequential calls, audio
-rendered in both (musegen.api; files are not written), and whether each batched item equals its
-single-prompt call with the same seed.
+rendered in both (musegen.api, by conf/synth's mix or by --vocoder; files are not written), and
+whether each batched item equals its single-prompt call with the same seed.
 
 Prints one JSON object. Uses the demo-sized model with freshly initialised weights unless --ckpt is
 given: the cost of generation does not depend on what the weights learned.
@@ -32,11 +32,12 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--vocoder", type=Path, help="a vocoder checkpoint renders the audio (default: conf/synth's mix)")
     args = p.parse_args()
     prompts = list(HELD_OUT_PROMPTS[:: len(HELD_OUT_PROMPTS) // args.prompts][: args.prompts])
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.ckpt or demo_checkpoint(Path(tmp) / "demo.ckpt", args.head)
-        model = musegen.load(ckpt, device="cpu")
+        model = musegen.load(ckpt, device="cpu", vocoder=args.vocoder)
         model.generate(prompts[:1], duration=1.0, progress=False)          # text model and kernels loaded
         batched_s, sequential_s = [], []
         for _ in range(args.repeats):                                    # interleaved: same machine state
@@ -52,7 +53,8 @@ def main() -> None:
         "what": "batched_generation", "machine": machine(),
         "settings": {"prompts": args.prompts, "duration_s": args.duration, "repeats": args.repeats,
                      "checkpoint": str(args.ckpt or f"demo model, fresh weights, head {args.head}"),
-                     "synthesis": batch.export.synthesis, "rollout_threads": model.generator.threads},
+                     "synthesis": batch.export.synthesis, "vocoder": str(args.vocoder) if args.vocoder else None,
+                     "rollout_threads": model.generator.threads},
         "figures": {
             "batched_s": [round(s, 3) for s in batched_s], "sequential_s": [round(s, 3) for s in sequential_s],
             "speedup_median": round(statistics.median(sequential_s) / statistics.median(batched_s), 2),

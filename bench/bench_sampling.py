@@ -1,0 +1,54 @@
+"""Sampling settings against the music they give: for each (temperature, top_k), generated audio's median
+transcribed note length, notes per second, onsets per second and chroma change (musegen.eval.realism),
+held-out prompts from a neutral start, all in one run. The references (the test clips' ground-truth
+MIDI and resynthesised audio) are evaluate.py's `realism` metric; this compares settings quickly.
+
+    python bench/bench_sampling.py --ckpt outputs/demo/make-demo/checkpoints/last.ckpt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+from common import machine
+
+import musegen
+from musegen.eval import realism
+from musegen.eval.harness import musegen_notes
+from musegen.eval.prompts import HELD_OUT_PROMPTS
+from musegen.features import extract
+from musegen.instruments import find_instrument
+
+GRID = ((1.0, 250), (0.9, 250), (0.8, 250), (1.0, 50), (0.9, 50))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--prompts", type=int, default=16, help="held-out prompts, evenly over the instruments")
+    p.add_argument("--seconds", type=float, default=8.0)
+    args = p.parse_args()
+    model = musegen.load(args.ckpt, device="cpu")
+    features = model.generator.features
+    prompts = list(HELD_OUT_PROMPTS[:: max(1, len(HELD_OUT_PROMPTS) // args.prompts)][: args.prompts])
+    rows = []
+    for temperature, top_k in GRID:
+        music = model.generate(prompts, duration=args.seconds, temperature=temperature, top_k=top_k, progress=False)
+        stats = []
+        for y, prompt in zip(music.waveforms, prompts):
+            instrument = find_instrument(prompt)
+            notes = musegen_notes(extract(y, features), features, instrument.name if instrument else None)
+            stats.append({**realism.note_statistics(notes, args.seconds),
+                          **realism.descriptors(y, features.sample_rate, features)})
+        rows.append({"temperature": temperature, "top_k": top_k,
+                     **{k: round(statistics.median(s[k] for s in stats), 3)
+                        for k in ("median_note_seconds", "notes_per_second", "onsets_per_second", "chroma_change")}})
+    print(json.dumps({"what": "sampling_settings", "machine": machine(),
+                      "settings": {"ckpt": args.ckpt, "prompts": len(prompts), "seconds": args.seconds,
+                                   "defaults": model.generator.model.default_sampling},
+                      "figures": rows}))
+
+
+if __name__ == "__main__":
+    main()
