@@ -30,7 +30,8 @@ from musegen.eval.run import METRICS, EvalSettings
 from musegen.features import FeatureConfig, extract
 from musegen.model.heads import last_frame
 from musegen.model.normaliser import Normaliser
-from musegen.model_card import CARD_FILE, fmt
+from musegen.model_card import CARD_FILE
+from musegen.model_card_markdown import fmt
 
 FEATS = FeatureConfig()
 SETTINGS = dict(num_prompts=1, seconds=1.0, max_test_clips=2, guidance=None, temperature=None, seed=0,

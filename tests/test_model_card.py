@@ -5,7 +5,8 @@ import json
 import shutil
 
 from musegen.checkpoint import file_sha256, load_model
-from musegen.model_card import CARD_FILE, FACTS_FILE, fmt, record_evaluation, render, write_training_card
+from musegen.model_card import CARD_FILE, FACTS_FILE, record_evaluation, write_training_card
+from musegen.model_card_markdown import fmt, render
 
 
 def _facts(folder):

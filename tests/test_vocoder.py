@@ -18,7 +18,8 @@ from omegaconf import open_dict
 
 from musegen.checkpoint import CheckpointError
 from musegen.features import extract
-from musegen.model_card import fmt, training_facts, write_training_card
+from musegen.model_card import training_facts, write_training_card
+from musegen.model_card_markdown import fmt
 from musegen.resynth import resynthesize
 from musegen.vocoder import Vocoder, load_vocoder
 

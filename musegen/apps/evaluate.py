@@ -19,7 +19,8 @@ from musegen.eval.metrics import rtf
 from musegen.eval.run import METRICS, Evaluation
 from musegen.generation import Generator
 from musegen.io import finite_or_none, write_json
-from musegen.model_card import metric_rows, now, record_evaluation
+from musegen.model_card import now, record_evaluation
+from musegen.model_card_markdown import metric_rows
 
 log = logging.getLogger(__name__)
 
