@@ -45,10 +45,11 @@ def demo_checkpoint(path: Path, head: str) -> Path:
     return path
 
 
-def generate_cfg(ckpt: Path, out: Path, duration: float):
+def generate_cfg(ckpt: Path, out: Path, duration: float, vocoder: Path | None = None):
+    extra = [f"vocoder={vocoder}"] if vocoder else []
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("generate", overrides=[f"ckpt={ckpt}", f"out={out}", f"duration={duration}",
-                                             "prompt='calm piano melody'", "device=cpu"])
+                                             "prompt='calm piano melody'", "device=cpu", *extra])
     with open_dict(cfg):
         del cfg["paths"]
     return cfg
@@ -87,20 +88,23 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=30.0)
     p.add_argument("--repeats", type=int, default=7, help="timed calls after the first")
     p.add_argument("--pairs", type=int, default=5, help="generate.py processes, each beside an `import torch` one")
+    p.add_argument("--vocoder", type=Path, help="a vocoder checkpoint renders the audio in the warm calls "
+                                                "(default: conf/synth's mix)")
     args = p.parse_args()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.ckpt or demo_checkpoint(Path(tmp) / "demo.ckpt", args.head)
         for i in range(args.repeats + 1):
             out = Path(tmp) / f"out{i}"
-            runs.append({**measure_rtf(generate_cfg(ckpt, out, args.duration)), **stages(out)})
+            runs.append({**measure_rtf(generate_cfg(ckpt, out, args.duration, args.vocoder)), **stages(out)})
         pairs = cli_against_torch(ckpt, Path(tmp) / "cli", args.duration, args.pairs)
     first, warm = runs[0], runs[1:]
     print(json.dumps({
         "what": "generation_rtf", "machine": machine(),
         "settings": {"duration_s": args.duration, "repeats": args.repeats,
                      "checkpoint": str(args.ckpt or f"demo model, fresh weights, head {args.head}"),
-                     "files": "wav, mp3, mid, midi.wav, json", "synthesis": "mix"},
+                     "files": "wav, mp3, mid, midi.wav, json",
+                     "synthesis": "vocoder" if args.vocoder else "mix", "vocoder": str(args.vocoder or "")},
         "figures": {
             "rtf_median": round(rtf(args.duration, statistics.median(r["wall_seconds"] for r in warm)), 2),
             "wall_s": [round(r["wall_seconds"], 3) for r in warm],

@@ -7,8 +7,10 @@ three sets of clips in one run:
 - recordings: a folder of real recordings (default: Debian's sonic-pi-samples), first 8 s of each.
 
 Per set and rendering: the two-sample accuracy of a classifier told to separate rebuilt from original
-windows (musegen.eval.realism; 0.5 = indistinguishable), pitch-class match, log-spectral distance and
-RMS variation (each rebuild matched to its original's RMS). Prints one JSON object.
+windows (musegen.eval.realism; 0.5 = indistinguishable), pitch-class match, log-spectral distance,
+RMS variation (each rebuild matched to its original's RMS) and, for the labelled sets, how often the
+instrument is still recognised: evaluate.py's InstrumentClassifier, fit on other demo-style clips'
+originals, on the originals and on each rebuild. Prints one JSON object.
 
     python bench/bench_vocoder_quality.py --ckpt outputs/vocoder_demo/make-demo/checkpoints/last.ckpt
 """
@@ -28,6 +30,7 @@ from musegen.audio import Synthesizer
 from musegen.data.demo import DemoSource
 from musegen.data.sources import audio_files
 from musegen.eval import realism
+from musegen.eval.metrics import InstrumentClassifier
 from musegen.features import extract, load_audio
 from musegen.instruments import find_instrument
 from musegen.vocoder import load_vocoder
@@ -36,26 +39,28 @@ UNSEEN_SOUNDFONT = "/usr/share/sounds/sf3/MuseScore_General_Lite.sf3"
 RECORDINGS = "/usr/share/sonic-pi/samples"
 SEED = 20261201          # demo-style clips the demo set (seed 0) does not contain
 MIX_ITERATIONS = 16      # generate.py's setting (conf/synth/default.yaml)
+JUDGE_CLIPS = 160        # demo-style clips (another seed) the instrument classifier is fit on
 
 
-def demo_clips(root: Path, n: int, soundfonts: list[str] | None) -> list[tuple[np.ndarray, int]]:
-    """(audio, register of its instrument) of n demo-style clips, rendered with `soundfonts` (None: the demo's)."""
-    source = DemoSource(str(root), num_clips=n, seed=SEED, soundfonts=soundfonts)
+def demo_clips(root: Path, n: int, soundfonts: list[str] | None, seed: int = SEED) -> list[tuple[np.ndarray, int, str]]:
+    """(audio, register of its instrument, label) of n demo-style clips, rendered with `soundfonts`
+    (None: the demo's)."""
+    source = DemoSource(str(root), num_clips=n, seed=seed, soundfonts=soundfonts)
     out = []
     for clip in source.clips():
         y, _ = sf.read(clip.path, dtype="float32")
         instrument = find_instrument(clip.caption)
-        out.append((y, instrument.register if instrument else 60))
+        out.append((y, instrument.register if instrument else 60, clip.label))
     return out
 
 
-def recordings(folder: Path, n: int, sample_rate: int, seconds: float) -> list[tuple[np.ndarray, int]]:
-    """The first `seconds` of up to n recordings at least 4 s long, with the default register."""
+def recordings(folder: Path, n: int, sample_rate: int, seconds: float) -> list[tuple[np.ndarray, int, None]]:
+    """The first `seconds` of up to n recordings at least 4 s long, with the default register, unlabelled."""
     out = []
     for path in audio_files(folder):
         y = load_audio(path, sample_rate)[: int(seconds * sample_rate)]
         if len(y) >= 4 * sample_rate and np.abs(y).max() > 1e-3:
-            out.append((y.astype(np.float32), 60))
+            out.append((y.astype(np.float32), 60, None))
         if len(out) == n:
             break
     return out
@@ -66,13 +71,18 @@ def level_matched(y: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (y * (rms(reference) / max(rms(y), 1e-12))).astype(np.float32)
 
 
-def measure(clips: list[tuple[np.ndarray, int]], renders: dict, sample_rate: int, features) -> dict:
-    originals = [y for y, _ in clips]
+def measure(clips: list[tuple[np.ndarray, int, str | None]], renders: dict, sample_rate: int, features,
+            judge: InstrumentClassifier) -> dict:
+    originals, labels = [y for y, _, _ in clips], [label for _, _, label in clips]
+    labelled = all(labels)
     figures = {"clips": len(clips), "original_rms_variation": statistics.median(
         realism.rms_variation(y, features) for y in originals)}
+    if labelled:
+        figures["original_instrument_recognised"] = round(
+            judge.accuracy([extract(y, features) for y in originals], labels), 3)
     for name, render in renders.items():
         rebuilt = []
-        for y, register in clips:
+        for y, register, _ in clips:
             frames = extract(y, features)
             rebuilt.append(level_matched(render(frames, register)[: len(y)], y))
         rms_var = statistics.median(realism.rms_variation(r, features) for r in rebuilt)
@@ -85,6 +95,9 @@ def measure(clips: list[tuple[np.ndarray, int]], renders: dict, sample_rate: int
             "rms_variation": round(rms_var, 3),
             "rms_variation_ratio": round(rms_var / figures["original_rms_variation"], 2),
         }
+        if labelled:
+            figures[name]["instrument_recognised"] = round(
+                judge.accuracy([extract(r, features) for r in rebuilt], labels), 3)
     figures["original_rms_variation"] = round(figures["original_rms_variation"], 3)
     return figures
 
@@ -107,7 +120,10 @@ def main() -> None:
         sets = {"demo": demo_clips(Path(tmp) / "demo", args.clips, None),
                 "unseen_soundfont": demo_clips(Path(tmp) / "unseen", args.clips, [args.soundfont]),
                 "recordings": recordings(Path(args.recordings), args.clips, sr, args.seconds)}
-        results = {name: measure(clips, renders, sr, features) for name, clips in sets.items()}
+        judged = demo_clips(Path(tmp) / "judge", JUDGE_CLIPS, None, seed=SEED + 1)
+        judge = InstrumentClassifier(features.n_mfcc).fit([extract(y, features) for y, _, _ in judged],
+                                                          [label for _, _, label in judged])
+        results = {name: measure(clips, renders, sr, features, judge) for name, clips in sets.items()}
     print(json.dumps({
         "what": "vocoder_quality", "machine": machine(),
         "settings": {"ckpt": args.ckpt, "vocoder": vocoder.hparams, "clips": args.clips, "seed": SEED,
