@@ -4,7 +4,9 @@ three sets of clips in one run:
 - demo: demo-style clips (the demo's compositions and soundfonts, a seed the demo set does not use);
 - unseen soundfont: the same compositions played by a General MIDI soundfont the demo never uses
   (default: Debian's musescore-general-soundfont-small);
-- recordings: a folder of real recordings (default: Debian's sonic-pi-samples), first 8 s of each.
+- recordings: a folder of real recordings (default: Debian's sonic-pi-samples), first 8 s of each;
+- with --demo-test: the demo set's own test split (`experiment=demo`'s data under ./data, built and
+  cached as training builds it), the clips the vocoder's validation never trained on.
 
 Per set and rendering: the two-sample accuracy of a classifier told to separate rebuilt from original
 windows (musegen.eval.realism; 0.5 = indistinguishable), pitch-class match, log-spectral distance,
@@ -25,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from common import machine
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from musegen.audio import Synthesizer
 from musegen.data.demo import DemoSource
@@ -35,6 +39,7 @@ from musegen.features import extract, load_audio
 from musegen.instruments import find_instrument
 from musegen.vocoder import load_vocoder
 
+ROOT = Path(__file__).resolve().parents[1]
 UNSEEN_SOUNDFONT = "/usr/share/sounds/sf3/MuseScore_General_Lite.sf3"
 RECORDINGS = "/usr/share/sonic-pi/samples"
 SEED = 20261201          # demo-style clips the demo set (seed 0) does not contain
@@ -63,6 +68,22 @@ def recordings(folder: Path, n: int, sample_rate: int, seconds: float) -> list[t
             out.append((y.astype(np.float32), 60, None))
         if len(out) == n:
             break
+    return out
+
+
+def demo_test_clips() -> list[tuple[np.ndarray, int, str]]:
+    """(audio, register, label) of the demo set's test clips, split as train.py experiment=demo splits them."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=demo", "paths.output_dir=."])
+    datamodule = instantiate(cfg.data, text_encoder=instantiate(cfg.text))
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    out = []
+    for i in datamodule.split_clips["test"]:
+        y, _ = sf.read(datamodule.cache.paths[i], dtype="float32")
+        label = datamodule.cache.labels[i]
+        instrument = find_instrument(label)
+        out.append((y, instrument.register if instrument else 60, label))
     return out
 
 
@@ -109,6 +130,7 @@ def main() -> None:
     p.add_argument("--soundfont", default=UNSEEN_SOUNDFONT)
     p.add_argument("--recordings", default=RECORDINGS)
     p.add_argument("--seconds", type=float, default=8.0, help="of each recording")
+    p.add_argument("--demo-test", action="store_true", help="also the demo set's own test split")
     args = p.parse_args()
     vocoder = load_vocoder(args.ckpt)
     features = vocoder.features
@@ -120,6 +142,8 @@ def main() -> None:
         sets = {"demo": demo_clips(Path(tmp) / "demo", args.clips, None),
                 "unseen_soundfont": demo_clips(Path(tmp) / "unseen", args.clips, [args.soundfont]),
                 "recordings": recordings(Path(args.recordings), args.clips, sr, args.seconds)}
+        if args.demo_test:
+            sets["demo_test"] = demo_test_clips()
         judged = demo_clips(Path(tmp) / "judge", JUDGE_CLIPS, None, seed=SEED + 1)
         judge = InstrumentClassifier(features.n_mfcc).fit([extract(y, features) for y, _, _ in judged],
                                                           [label for _, _, label in judged])
