@@ -18,7 +18,7 @@ import soundfile as sf
 
 from musegen.audio import MODES, finalize, write_audio
 from musegen.features import FeatureConfig
-from musegen.instruments import Instrument, find_instrument
+from musegen.instruments import Instrument, find_instrument, register_for
 from musegen.io import write_json
 from musegen.midi import render_midi, transcribe
 
@@ -115,8 +115,7 @@ def render(frames: np.ndarray, features: FeatureConfig, synth: Renderer, setting
     samples = int(round(duration * features.sample_rate))
     rendered = []
     for item, prompt in zip(frames, prompts):
-        instrument = find_instrument(prompt)
-        y = _rendered(item, synth, samples, settings, instrument.register if instrument else 60)
+        y = _rendered(item, synth, samples, settings, register_for(prompt))
         rendered.append(master(y, features.sample_rate, settings))
     return rendered
 

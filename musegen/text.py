@@ -278,17 +278,21 @@ class TextEncoder(ABC):
         with self._lock:
             if self._net is not None:
                 return
-            from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415 - seconds to import
-
-            source = self._resolve()
-            tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source)
-            if tokenizer.pad_token is None:  # GPT-2 style tokenizers have no pad token
-                tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-            net = load_pretrained(AutoModel.from_pretrained, source, config=self._get_config())
-            net.eval().to(self.device)
-            self._limit = model_limit(self._get_config(), tokenizer)
-            self._tokenizer, self._net = tokenizer, net
+            self._load()
             log.info("loaded text encoder %s on %s", self.identity, self.device)
+
+    def _load(self) -> None:
+        """Set _tokenizer, _net and _limit: the model through transformers."""
+        from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415 - seconds to import
+
+        source = self._resolve()
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source)
+        if tokenizer.pad_token is None:  # GPT-2 style tokenizers have no pad token
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        net = load_pretrained(AutoModel.from_pretrained, source, config=self._get_config())
+        net.eval().to(self.device)
+        self._limit = model_limit(self._get_config(), tokenizer)
+        self._tokenizer, self._net = tokenizer, net
 
     def _effective_max_length(self) -> int:
         return min(self.max_length, self._limit) if self._limit else self.max_length
@@ -368,17 +372,14 @@ class SentenceEncoder(TextEncoder):
             self._hf_config = SimpleNamespace(**bert.read_config(self._resolve()))
         return self._hf_config
 
-    def _ensure_loaded(self) -> None:
+    def _load(self) -> None:
         if self.model is not None:
-            return super()._ensure_loaded()
-        with self._lock:
-            if self._net is None:
-                folder = Path(self._resolve())
-                self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-                self._limit = self._get_config().max_position_embeddings
-                self._net = bert.BertEncoder.from_folder(folder).to(self.device)
-                log.info("loaded text encoder %s on %s", self.identity, self.device)
-        return None
+            super()._load()
+            return
+        folder = Path(self._resolve())
+        self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._limit = self._get_config().max_position_embeddings
+        self._net = bert.BertEncoder.from_folder(folder).to(self.device)
 
     def _tokenize(self, texts: list[str], idx: list[int]) -> dict[str, torch.Tensor]:
         if self.model is not None:

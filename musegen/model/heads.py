@@ -53,9 +53,6 @@ class Noise:
         self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
         self.device = torch.device(device)
 
-    def __len__(self) -> int:
-        return len(self.generators)
-
     def rand(self, *shape: int) -> torch.Tensor:
         """Uniform [0, 1) draws [items, *shape]."""
         return torch.stack([torch.rand(shape, generator=g, device=self.device) for g in self.generators])
