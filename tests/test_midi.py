@@ -160,4 +160,5 @@ def test_writing_midi_does_not_import_music21(tmp_path):
             f"midi.write_midi([(0.0, 0.5, 60, 90)], {str(tmp_path / 'x.mid')!r}, instrument='violin'); "
             "print('music21' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    # the last line: pyfluidsynth prints where it found the library when the CI variable is set
+    assert out.stdout.strip().splitlines()[-1] == "False"
