@@ -240,7 +240,10 @@ def test_evaluate_py_end_to_end(tmp_path, smoke_run):
     realism = results["metrics"]["realism"]["details"]
     assert set(realism["descriptors"]) == {"generated", "reference", "real"}
     assert realism["long_generation"]["last_window"]["onsets_per_second"] is not None
+    long_labels = realism["long_generation"]["labels"]  # one long generation per evaluated label
+    assert long_labels and set(realism["long_generation"]["per_label"]) == set(long_labels)
     assert realism["notes"]["ground_truth_midi"]["notes_per_second"] > 0
+    assert realism["notes"]["test_frames_transcribed"]["median_note_seconds"] > 0
     # the checkpoint's model card now shows these figures beside their baselines
     card = (smoke_run["ckpt"].parent / CARD_FILE).read_text()
     assert str((out_dir / "metrics.json").resolve()) in card and "Not evaluated yet" not in card

@@ -204,7 +204,11 @@ def window_descriptors(y: np.ndarray, features: FeatureConfig, name: str = "y") 
 def descriptors(y: np.ndarray, sr: int, features: FeatureConfig) -> dict[str, float]:
     """Every descriptor of a clip: the median over its windows (NaN windows ignored; NaN if all are)."""
     _check_rate(sr, features)
-    rows = window_descriptors(y, features)
+    return median_descriptors(window_descriptors(y, features))
+
+
+def median_descriptors(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Each descriptor's median over rows of descriptors (windows, or clips): NaN ignored; NaN if all are."""
     return {k: _nanmedian([r[k] for r in rows]) for k in rows[0]}
 
 
