@@ -1,7 +1,9 @@
-"""Sampling settings against the music they give: for each (temperature, top_k), generated audio's median
-transcribed note length, notes per second, onsets per second and chroma change (musegen.eval.realism),
-held-out prompts from a neutral start, all in one run. The references (the test clips' ground-truth
-MIDI and resynthesised audio) are evaluate.py's `realism` metric; this compares settings quickly.
+"""Sampling settings against the music they give: for each (temperature, top_k, top_p), the median
+transcribed note length and notes per second of the generated frames (transcribed as evaluate.py's
+`realism` does), and the onsets per second and chroma change of the written audio
+(musegen.eval.realism), held-out prompts from a neutral start, all in one run. The references (the
+test clips' ground-truth MIDI and resynthesised audio) are evaluate.py's `realism` metric; this
+compares settings quickly.
 
     python bench/bench_sampling.py --ckpt outputs/demo/make-demo/checkpoints/last.ckpt
 """
@@ -17,10 +19,10 @@ import musegen
 from musegen.eval import realism
 from musegen.eval.harness import musegen_notes
 from musegen.eval.prompts import HELD_OUT_PROMPTS
-from musegen.features import extract
 from musegen.instruments import find_instrument
 
-GRID = ((1.0, 250), (0.9, 250), (0.8, 250), (1.0, 50), (0.9, 50))
+GRID = ((1.0, 250, None), (0.9, 250, None), (1.0, 250, 0.95), (1.0, 250, 0.9), (1.0, 250, 0.8),
+        (0.9, 250, 0.9))
 
 
 def main() -> None:
@@ -33,15 +35,16 @@ def main() -> None:
     features = model.generator.features
     prompts = list(HELD_OUT_PROMPTS[:: max(1, len(HELD_OUT_PROMPTS) // args.prompts)][: args.prompts])
     rows = []
-    for temperature, top_k in GRID:
-        music = model.generate(prompts, duration=args.seconds, temperature=temperature, top_k=top_k, progress=False)
+    for temperature, top_k, top_p in GRID:
+        music = model.generate(prompts, duration=args.seconds, temperature=temperature, top_k=top_k, top_p=top_p,
+                               progress=False)
         stats = []
-        for y, prompt in zip(music.waveforms, prompts):
+        for y, frames, prompt in zip(music.waveforms, music.frames, prompts):
             instrument = find_instrument(prompt)
-            notes = musegen_notes(extract(y, features), features, instrument.name if instrument else None)
+            notes = musegen_notes(frames, features, instrument.name if instrument else None)
             stats.append({**realism.note_statistics(notes, args.seconds),
                           **realism.descriptors(y, features.sample_rate, features)})
-        rows.append({"temperature": temperature, "top_k": top_k,
+        rows.append({"temperature": temperature, "top_k": top_k, "top_p": top_p,
                      **{k: round(statistics.median(s[k] for s in stats), 3)
                         for k in ("median_note_seconds", "notes_per_second", "onsets_per_second", "chroma_change")}})
     print(json.dumps({"what": "sampling_settings", "machine": machine(),
