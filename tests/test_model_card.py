@@ -28,7 +28,7 @@ def test_training_writes_a_model_card_beside_its_checkpoints(smoke_run):
     # the model: its real size, head, backbone (debug=smoke's) and window, and the text encoder
     parameters = sum(p.numel() for p in load_model(smoke_run["ckpt"]).parameters())
     assert f"{parameters:,} parameters" in card
-    assert "TokenHead (codebook_size 1024" in card and "(dropout 0.3, fusion film, hidden 16, layers 1)" in card
+    assert "TokenHead (codebook_size 512" in card and "(dropout 0.3, fusion film, hidden 16, layers 1)" in card
     assert "16 frames (0.37 s) of context, predicts 8 frames (0.19 s)" in card
     assert "**Text encoder:** `minilm:all-MiniLM-L6-v2` (384-d" in card
     # how it was trained, and where it ended
