@@ -272,10 +272,15 @@ class TextEncoder(ABC):
         return self._hf_config
 
     def _ensure_loaded(self) -> None:
-        """Load tokenizer and weights once; later calls reuse them (thread-safe)."""
+        """Load tokenizer and weights once; later calls reuse them (thread-safe).
+
+        Building the network draws its initial weights from torch's global generator; loading runs on
+        a fork of it, so a training run whose cache build loads the encoder draws the same random
+        numbers afterwards as one that finds the cache built.
+        """
         if self._net is not None:
             return
-        with self._lock:
+        with self._lock, torch.random.fork_rng(devices=[]):
             if self._net is not None:
                 return
             self._load()

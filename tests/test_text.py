@@ -80,6 +80,18 @@ def test_batched_equals_one_by_one(minilm: SentenceEncoder) -> None:
     torch.testing.assert_close(batched[1], batched[4])
 
 
+def test_loading_leaves_the_global_random_stream_alone(tiny_gpt2: Path) -> None:
+    """A training run that loads the encoder to build its cache must draw the same random numbers
+    afterwards as one that finds the cache built (bug: building the network drew its initial weights
+    from the global generator, so the two trained differently)."""
+    for enc in (SentenceEncoder(), HFEncoder(model=str(tiny_gpt2), batch_size=2)):
+        torch.manual_seed(0)
+        expected = torch.rand(4)
+        torch.manual_seed(0)
+        enc.encode(["calm piano melody"])
+        assert torch.equal(torch.rand(4), expected), enc.identity
+
+
 def test_empty_text_gives_zero_vector(minilm: SentenceEncoder) -> None:
     emb = minilm.encode(["", "piano", "   \n"])
     assert emb.shape == (3, 384)
