@@ -110,8 +110,11 @@ def generate(browser, prompt: str, duration: float, variations: int = 1, referen
 
 
 def upload(browser, path: Path) -> None:
-    """Choose `path` as the reference audio; returns once the server holds it (the page links to it)."""
-    browser.find_element(By.CSS_SELECTOR, "#reference input[type=file]").send_keys(str(path))
+    """Choose `path` as the reference audio; returns once the server holds it (the page links to it).
+    The file input can appear after the prompt box on a busy machine, so it is waited for too."""
+    (chooser,) = WebDriverWait(browser, 60).until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, "#reference input[type=file]"))
+    chooser.send_keys(str(path))
     WebDriverWait(browser, 60).until(
         lambda b: b.find_elements(By.CSS_SELECTOR, f"#reference a[data-testid=download-link][href$='/{path.name}']"))
 
