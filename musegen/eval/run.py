@@ -294,8 +294,9 @@ class Evaluation:
         with_midi = [(i, len(y) / self.feats.sample_rate) for i, y in zip(self.eval_ids, real) if self.cache.midi[i]]
         truth = [realism_lib.note_statistics(midi_notes(self.cache.midi[i], span), span) for i, span in with_midi]
         # the transcriber's own reading of the real frames: what a perfect model's notes would measure
-        read = [realism_lib.note_statistics(musegen_notes(self.cache.clip_frames(i).numpy(), self.feats,
-                                                          self.cache.labels[i]), span) for i, span in with_midi]
+        ids = [i for i, _ in with_midi]
+        read = [realism_lib.note_statistics(musegen_notes(frames, self.feats, label), span) for frames, label, (_, span)
+                in zip(self.frames(ids), self.labels(ids), with_midi)]
         report["notes"] = {"generated": _median_stats(notes), "ground_truth_midi": _median_stats(truth),
                            "test_frames_transcribed": _median_stats(read)}
         long = prompt_samples(self.gen, labels, self.guidance, 1, self.s.long_seconds, self.audio_path,
