@@ -1,4 +1,4 @@
-"""Sampling settings against the music they give: for each (temperature, top_k, top_p), the median
+"""Sampling settings against the music they give: for each (temperature, top_k, top_p, min_p), the median
 transcribed note length and notes per second of the generated frames (transcribed as evaluate.py's
 `realism` does), and the onsets per second and chroma change of the written audio
 (musegen.eval.realism), held-out prompts from a neutral start, all in one run. The references (the
@@ -21,8 +21,8 @@ from musegen.eval.harness import musegen_notes
 from musegen.eval.prompts import HELD_OUT_PROMPTS
 from musegen.instruments import find_instrument
 
-GRID = ((1.0, 250, None), (0.9, 250, None), (1.0, 250, 0.95), (1.0, 250, 0.9), (1.0, 250, 0.8),
-        (0.9, 250, 0.9))
+GRID = ((1.0, 250, None, None), (0.9, 250, None, None), (1.0, 250, 0.95, None), (1.0, 250, 0.9, None),
+        (1.0, 250, None, 0.003), (1.0, 250, None, 0.006), (1.0, 250, None, 0.01), (1.0, 250, None, 0.02))
 
 
 def main() -> None:
@@ -35,16 +35,16 @@ def main() -> None:
     features = model.generator.features
     prompts = list(HELD_OUT_PROMPTS[:: max(1, len(HELD_OUT_PROMPTS) // args.prompts)][: args.prompts])
     rows = []
-    for temperature, top_k, top_p in GRID:
+    for temperature, top_k, top_p, min_p in GRID:
         music = model.generate(prompts, duration=args.seconds, temperature=temperature, top_k=top_k, top_p=top_p,
-                               progress=False)
+                               min_p=min_p, progress=False)
         stats = []
         for y, frames, prompt in zip(music.waveforms, music.frames, prompts):
             instrument = find_instrument(prompt)
             notes = musegen_notes(frames, features, instrument.name if instrument else None)
             stats.append({**realism.note_statistics(notes, args.seconds),
                           **realism.descriptors(y, features.sample_rate, features)})
-        rows.append({"temperature": temperature, "top_k": top_k, "top_p": top_p,
+        rows.append({"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
                      **{k: round(statistics.median(s[k] for s in stats), 3)
                         for k in ("median_note_seconds", "notes_per_second", "onsets_per_second", "chroma_change")}})
     print(json.dumps({"what": "sampling_settings", "machine": machine(),

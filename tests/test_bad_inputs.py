@@ -159,6 +159,7 @@ def test_generate_refuses_a_tampered_checkpoint_without_suggesting_to_trust_it(t
     ("duration=abc", r"duration='abc': must be a number"),
     ("guidance=abc", r"guidance='abc': must be a number or null"),
     ("temperature=abc", r"temperature='abc': must be a number or null"),
+    ("min_p=abc", r"min_p='abc': must be a number or null"),
     ("num_samples=abc", r"num_samples='abc': must be an integer"),
     ("seed=abc", r"seed='abc': must be an integer"),
     ("seed=1.5", r"seed=1\.5: must be an integer"),

@@ -34,7 +34,8 @@ from musegen.model_card import CARD_FILE
 from musegen.model_card_markdown import fmt
 
 FEATS = FeatureConfig()
-SETTINGS = dict(num_prompts=1, seconds=1.0, max_test_clips=2, guidance=None, temperature=None, seed=0,
+SETTINGS = dict(num_prompts=1, seconds=1.0, max_test_clips=2, guidance=None, temperature=None, top_k=None, top_p=None,
+                min_p=None, seed=0,
                 write_samples=False, labels=None, max_labels=None, rtf_repeats=1, realism_seconds=4.0,
                 long_seconds=8.0, metrics=None)
 SR = FEATS.sample_rate

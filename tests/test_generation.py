@@ -80,6 +80,8 @@ def test_generate_files_writes_audio_mp3_midi_and_sidecar(tmp_path, smoke_run):
     ({"duration": 0}, ValueError, "duration"),
     ({"duration": 601}, ValueError, "duration"),
     ({"guidance": -1}, ValueError, "guidance"),
+    ({"min_p": 1.0}, ValueError, "min_p must be in"),
+    ({"min_p": -0.1}, ValueError, "min_p must be in"),
 ])
 def test_bad_arguments_fail_before_writing(tmp_path, smoke_run, overrides, error, match):
     with pytest.raises(error, match=match):

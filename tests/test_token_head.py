@@ -229,6 +229,42 @@ def test_truncation_draws_only_from_the_kept_tokens() -> None:
     assert set(head.next_token(logits, Sampling(None, 1.0, top_k=3, top_p=0.55), g).tolist()) == {0, 1}
 
 
+def test_min_p_keeps_the_tokens_near_the_favourite() -> None:
+    head = make_head()
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(4000, -1)
+    g = Noise(range(4000))
+    # 0.15 / 0.5 = 0.3 >= 0.25 stays, 0.05 / 0.5 = 0.1 goes; the kept tokens keep their proportions
+    kept = head.next_token(logits, Sampling(None, 1.0, min_p=0.25), g)
+    assert set(kept.tolist()) == {0, 1, 2}
+    assert abs((kept == 0).float().mean().item() - 0.5 / 0.95) < 0.03
+    assert torch.equal(head.next_token(logits, Sampling(None, 1.0, min_p=0.0), Noise(range(4000))),
+                       head.next_token(logits, Sampling(None, 1.0), Noise(range(4000))))
+
+
+def test_min_p_under_guidance_is_set_by_the_conditional_model() -> None:
+    """Guidance 3 turns a token that is rare without the text and unlikely with it (0.01 against
+    0.001) into the likeliest; min_p, read off the conditional distribution, never lets it be drawn."""
+    head = make_head()
+    n = 4000
+    cond = torch.tensor([[0.59, 0.4, 0.01]]).log().expand(n, -1)
+    uncond = torch.tensor([[0.6, 0.399, 0.001]]).log().expand(n, -1)
+    logits = torch.cat([cond, uncond])
+    g = Noise(range(n))
+    guided = head.next_token(logits, Sampling(3.0, 1.0), g)[:n]
+    assert (guided == 2).float().mean() > 0.4
+    floored = head.next_token(logits, Sampling(3.0, 1.0, min_p=0.05), g)
+    assert set(floored[:n].tolist()) == {0, 1} and torch.equal(floored[:n], floored[n:])
+
+
+def test_quantised_context_reads_centroids() -> None:
+    head = make_head(quantised_context=True)
+    x = head_input(2).context
+    read = head.read_context(x)
+    assert torch.equal(read, head.codebook.decode(head.codebook.encode(x)))
+    assert torch.equal(head.read_context(read), read)
+    assert torch.equal(make_head().read_context(x), x)   # off (the default of checkpoints without the key)
+
+
 def test_temperature_sharpens_the_distribution() -> None:
     head = make_head()
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(4000, -1)

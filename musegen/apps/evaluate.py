@@ -85,7 +85,8 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path, generate_cfg: Dict
         "data": {"config_from": origin, "cache": str(dm.cache.path), "labels": dm.labels,
                  "train_clips": len(evaluation.train_ids), "test_clips": len(evaluation.test_ids),
                  "evaluated_test_clips": len(evaluation.eval_ids)},
-        "settings": settings.__dict__, "device": str(generator.device),
+        "settings": settings.__dict__, "sampling": {"guidance": evaluation.guidance, **evaluation.sampling},
+        "device": str(generator.device),
         "metrics": metrics, "seconds": round(time.perf_counter() - start, 3),
         "rtf_generate_config": OmegaConf.to_container(generate_cfg, resolve=True) if generate_cfg is not None else None,
     })

@@ -18,7 +18,8 @@ ARGUMENTS: dict[str, tuple[type, bool]] = {
     "prompt": (str, True), "lyrics": (str, True), "lyrics_from_prompt": (bool, False),
     "lyrics_model": (str, False), "lyrics_max_new_tokens": (int, False), "duration": (float, False),
     "max_duration": (float, False), "guidance": (float, True), "temperature": (float, True),
-    "top_k": (int, True), "top_p": (float, True), "seed": (int, False), "num_samples": (int, False),
+    "top_k": (int, True), "top_p": (float, True), "min_p": (float, True), "seed": (int, False),
+    "num_samples": (int, False),
     "device": (str, False), "threads": (int, True),
 }
 _KINDS = {str: "text", bool: "true or false", int: "an integer", float: "a number"}
@@ -90,7 +91,7 @@ def generate_files(cfg: DictConfig) -> list[dict[str, str]]:
                               max_new_tokens=args["lyrics_max_new_tokens"], seed=args["seed"])
     music = model.generate(prompt, args["duration"], lyrics=lyrics, audio=args["audio"], guidance=args["guidance"],
                            temperature=args["temperature"], top_k=args["top_k"], top_p=args["top_p"],
-                           seed=args["seed"], num_samples=args["num_samples"], progress=True)
+                           min_p=args["min_p"], seed=args["seed"], num_samples=args["num_samples"], progress=True)
     for meta in music.metadata:
         meta["load_seconds"] = loaded - start
     return music.save(args["out"])

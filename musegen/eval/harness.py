@@ -98,7 +98,7 @@ class MelodyAdherence:
 
 def melody_adherence(
     generator: Generator, clip_paths: Sequence[str], reference_chroma: Sequence[np.ndarray],
-    labels: Sequence[str | None], audio_path: AudioPath, seconds: float, temperature: float | None = None,
+    labels: Sequence[str | None], audio_path: AudioPath, seconds: float, sampling: Mapping[str, Any] | None = None,
     seed: int = 0, out_dir: str | Path | None = None,
 ) -> MelodyAdherence:
     """Mean profile correlation of audio continuations with their references, beside two baselines.
@@ -107,7 +107,8 @@ def melody_adherence(
     synthesised, re-extracted and its pitch-class profile correlated with the clip's. Baselines in
     the same run: the same continuation against a random *other* clip (what key agreement by
     chance looks like) and an unconditioned generation against the clip (what the model does
-    without hearing the reference).
+    without hearing the reference). ``sampling``: generate()'s settings besides guidance (None: the
+    checkpoint's defaults).
     """
     n = len(clip_paths)
     if n < 2 or len(reference_chroma) != n or len(labels) != n:
@@ -119,7 +120,7 @@ def melody_adherence(
     for i, path in enumerate(clip_paths):
         register = register_for(labels[i])
         for kind, audio in (("continuation", path), ("unconditioned", None)):
-            frames = generator.generate(audio=audio, duration=seconds, temperature=temperature, seed=seed + i).frames[0]
+            frames = generator.generate(audio=audio, duration=seconds, seed=seed + i, **(sampling or {})).frames[0]
             where = Path(out_dir) / f"{kind}-{i:03d}" if out_dir else None
             s = audio_path.render(frames, seconds, register, path=where, label=labels[i])
             profile = pitch_class_profile(s.extracted[:, m:])
@@ -152,13 +153,14 @@ def musegen_notes(frames: np.ndarray, features: FeatureConfig, label: str | None
 
 def prompt_samples(
     generator: Generator, labels: Sequence[str], guidance: float, n_per_label: int, duration: float,
-    audio_path: AudioPath, temperature: float | None = None, seed: int = 0, out_dir: str | Path | None = None,
+    audio_path: AudioPath, sampling: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,
 ) -> list[Sample]:
     """For each label, `n_per_label` samples from a neutral start, prompted with held-out wordings
     (musegen.eval.prompts: no training caption uses them).
 
     Each sample is synthesised as generate.py does (``audio_path``) in the named instrument's
-    register, and its features re-extracted from that audio.
+    register, and its features re-extracted from that audio. ``sampling``: generate()'s settings
+    besides guidance (None: the checkpoint's defaults).
     """
     out = []
     for label in labels:
@@ -166,8 +168,8 @@ def prompt_samples(
         name = label.replace("_", "-").lower()
         for j in range(n_per_label):
             prompt = wordings[j % len(wordings)]
-            frames = generator.generate(prompt=prompt, duration=duration, guidance=guidance,
-                                        temperature=temperature, seed=seed + j).frames[0]
+            frames = generator.generate(prompt=prompt, duration=duration, guidance=guidance, seed=seed + j,
+                                        **(sampling or {})).frames[0]
             where = Path(out_dir) / f"g{guidance:g}-{name}-{j}" if out_dir else None
             s = audio_path.render(frames, duration, register_for(label), path=where, label=label)
             s.meta.update(prompt=prompt, guidance=guidance)

@@ -56,7 +56,10 @@ class EvalSettings:
     seconds: float
     max_test_clips: int
     guidance: float | None         # None: the checkpoint's default; prompt_adherence also runs at 0
-    temperature: float | None      # None: the checkpoint's default
+    temperature: float | None      # None: the checkpoint's default, as for top_k, top_p and min_p
+    top_k: int | None
+    top_p: float | None
+    min_p: float | None
     seed: int
     write_samples: bool
     labels: tuple[str, ...] | None
@@ -132,8 +135,10 @@ class Evaluation:
         if self.cache is None:
             raise ValueError("Evaluation: call datamodule.setup() first")
         self.audio_path = AudioPath(synth, export)
-        sampling = generator.sampling(settings.guidance, settings.temperature)
-        self.guidance, self.temperature = sampling["guidance"], sampling["temperature"]
+        sampling = generator.sampling(settings.guidance, settings.temperature, settings.top_k, settings.top_p,
+                                      settings.min_p)
+        self.guidance = sampling.pop("guidance")
+        self.sampling = sampling   # every other sampling setting, as each generate() call gets it
         self.train_ids = datamodule.clip_indices("train")
         self.test_ids = datamodule.clip_indices("test")
         self.eval_ids = self._subset(self.test_ids)
@@ -179,7 +184,7 @@ class Evaluation:
         acc = {}
         for g in (0.0, self.guidance):
             samples = prompt_samples(self.gen, labels, g, self.s.num_prompts, self.s.seconds, self.audio_path,
-                                     self.temperature, self.s.seed, self.samples_dir("prompts"))
+                                     self.sampling, self.s.seed, self.samples_dir("prompts"))
             acc[g] = clf.accuracy([x.extracted for x in samples], [x.label for x in samples])
             if g == self.guidance:
                 self.generated += samples
@@ -216,7 +221,7 @@ class Evaluation:
         ids = self.eval_ids
         chroma = [f[:, self.feats.n_mfcc:] for f in self.frames(ids)]
         m = melody_adherence(self.gen, [self.cache.paths[i] for i in ids], chroma,
-                             self.labels(ids), self.audio_path, self.s.seconds, self.temperature, self.s.seed,
+                             self.labels(ids), self.audio_path, self.s.seconds, self.sampling, self.s.seed,
                              self.samples_dir("continuations"))
         self.generated += m.samples
         return _entry(m.value, {"random_reference": m.random_reference, "unconditioned": m.unconditioned},
@@ -284,7 +289,7 @@ class Evaluation:
         seconds, window = self.s.realism_seconds, realism_lib.WINDOW_SECONDS
         labels = sorted(set(self.labels(self.eval_ids)))
         samples = prompt_samples(self.gen, labels, self.guidance, self.s.num_prompts, seconds, self.audio_path,
-                                 self.temperature, self.s.seed, self.samples_dir("realism"))
+                                 self.sampling, self.s.seed, self.samples_dir("realism"))
         reference = [self._resynth(i).audio for i in self.eval_ids]
         real = [self.clip_audio(i) for i in self.eval_ids]
         folds = min(5, len(samples), len(reference))  # small evaluations (a smoke run) use fewer folds
@@ -300,7 +305,7 @@ class Evaluation:
         report["notes"] = {"generated": _median_stats(notes), "ground_truth_midi": _median_stats(truth),
                            "test_frames_transcribed": _median_stats(read)}
         long = prompt_samples(self.gen, labels, self.guidance, 1, self.s.long_seconds, self.audio_path,
-                              self.temperature, self.s.seed)
+                              self.sampling, self.s.seed)
         n, sr = int(window * self.feats.sample_rate), self.feats.sample_rate
         ends = {"first_window": [realism_lib.descriptors(s.audio[:n], sr, self.feats) for s in long],
                 "last_window": [realism_lib.descriptors(s.audio[-n:], sr, self.feats) for s in long]}

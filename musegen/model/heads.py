@@ -39,6 +39,7 @@ class Sampling:
     temperature: float
     top_k: int | None = None
     top_p: float | None = None
+    min_p: float | None = None
 
 
 class Noise:
@@ -83,6 +84,12 @@ class Head(nn.Module, ABC):
     def sample(self, x: HeadInput, sampling: Sampling, noise: Noise) -> torch.Tensor:
         """Sampled next segment [n, K, out_dim], normalised (n = B, or B / 2 under guidance), item i's
         randomness drawn from its own stream in ``noise`` (n streams)."""
+
+    def read_context(self, context: torch.Tensor) -> torch.Tensor:
+        """What the backbone reads of a normalised context [B, C, feature_dim]: the frames as they are.
+        A head whose samples are restricted to a set of frames may map the context onto that set, so
+        that training reads frames like the ones generation feeds back."""
+        return context
 
     def prepare(self, frames: torch.Tensor) -> None:
         """Fit what the head learns from data before training (a codebook), from normalised training

@@ -75,7 +75,7 @@ class MuseModel(nn.Module):
     # -- prediction ----------------------------------------------------------------------------
     def forward(self, context: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor) -> HeadInput:
         """Raw context [B, C, F] + mask [B, C] + conditioning -> what the head reads."""
-        return self.backbone(self.normaliser.normalise(context), mask, cond)
+        return self.backbone(self.head.read_context(self.normaliser.normalise(context)), mask, cond)
 
     def loss(self, context: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor,
              target: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -3,8 +3,8 @@
 Frames are quantised to a k-means codebook (musegen.model.codebook); a small unidirectional GRU,
 started from the backbone's state, predicts the next segment's tokens one frame at a time, each
 step reading the previous frame's token. It defines a distribution over what comes next and
-samples from it with the usual language-model controls: temperature, top-k and top-p truncation
-and classifier-free guidance on the log-probabilities.
+samples from it with the usual language-model controls: temperature, top-k, top-p and min-p
+truncation and classifier-free guidance on the log-probabilities.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class TokenHead(Head):
     def __init__(self, state_dim: int, feature_dim: int, out_dim: int, segment_frames: int, context_frames: int,
                  n_mfcc: int, codebook_size: int = 512, kmeans_iters: int = 25, kmeans_samples: int = 200_000,
                  seed: int = 0, hidden: int = 128, embed: int = 64, dropout: float = 0.1,
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, quantised_context: bool = False) -> None:
         super().__init__(state_dim, feature_dim, out_dim, segment_frames, context_frames, n_mfcc)
         for key, value, ok, rule in (
             ("codebook_size", codebook_size, codebook_size >= 2, ">= 2"),
@@ -54,7 +54,7 @@ class TokenHead(Head):
         if out_dim > feature_dim:
             raise ValueError(f"out_dim ({out_dim}) cannot exceed feature_dim ({feature_dim})")
         self.kmeans_iters, self.kmeans_samples, self.seed = kmeans_iters, kmeans_samples, seed
-        self.label_smoothing = label_smoothing
+        self.label_smoothing, self.quantised_context = label_smoothing, quantised_context
         self.vocab = codebook_size
         self.start_id = codebook_size   # the extra input token of an empty context
         self.codebook = Codebook(codebook_size, out_dim)
@@ -74,6 +74,16 @@ class TokenHead(Head):
             log.info("token head: codebook already fitted, kept")
             return
         self.codebook.fit(frames[:, : self.out_dim], self.kmeans_iters, self.seed, self.kmeans_samples)
+
+    def read_context(self, context: torch.Tensor) -> torch.Tensor:
+        """With ``quantised_context``, the context's predicted dimensions replaced by their centroids:
+        generation feeds back centroids, so training then reads the frames it will read there (and a
+        reference clip to continue is read the same way). Off, the backbone reads real frames in
+        training and centroids in generation; checkpoints without the key were trained that way."""
+        if not self.quantised_context:
+            return context
+        quantised = self.codebook.decode(self._tokens(context))
+        return torch.cat([quantised, context[..., self.out_dim:]], dim=-1)
 
     def loss(self, x: HeadInput, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Teacher-forced cross-entropy of the target's tokens; ``bits_per_frame`` is the plain
@@ -114,11 +124,26 @@ class TokenHead(Head):
 
     def next_token(self, logits: torch.Tensor, sampling: Sampling, noise: Noise) -> torch.Tensor:
         """One step's tokens [rows] from its logits [rows, V] (2n rows under guidance: the chosen
-        token of item i is returned for rows i and n + i)."""
+        token of item i is returned for rows i and n + i).
+
+        ``min_p`` keeps the tokens at least min_p times as likely as the most likely one under the
+        conditional model, before guidance, temperature and top-k/top-p. Guidance multiplies each
+        token's probability by (p_cond / p_uncond) ** (g - 1): a token that is rare without the text
+        and merely unlikely with it gains the most, and at every frame such tokens add up to a wrong
+        note here and there. The floor lets guidance choose among the continuations the conditional
+        model finds plausible without promoting the ones it does not; relative to the favourite, it
+        still keeps many candidates where the model is unsure (a note's start) and few where it is
+        sure (inside a held note).
+        """
         logp = logits.log_softmax(-1)
+        plausible = logp   # the distribution whose favourites set min_p's floor: the conditional one
         if sampling.guidance is not None:
             n = logp.shape[0] // 2
+            plausible = logp[:n]
             logp = guide(logp[:n], logp[n:], sampling.guidance)
+        if sampling.min_p:
+            floor = plausible.max(-1, keepdim=True).values + math.log(sampling.min_p)
+            logp = logp.masked_fill(plausible < floor, -math.inf)
         if sampling.temperature == 0:
             tok = logp.argmax(-1)
         else:

@@ -1,0 +1,49 @@
+"""Spectrograms of real clips beside generated samples, one row each, into one PNG: what
+docs/BENCHMARKS.md shows of a model's music.
+
+    python bench/plot_spectrograms.py --real data/demo/*/clip_00007.wav \\
+        --ckpt outputs/demo/make-demo/checkpoints/last.ckpt --prompt "a gentle piano tune" --out docs/sample.png
+
+Each generated row is `musegen.load(ckpt).generate(prompt)` with the checkpoint's default sampling
+(or the --min-p given) and audio path; real clips are shown as recorded, cut to --seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import musegen
+from musegen.features import load_audio
+from musegen.figures import spectrograms
+
+log = logging.getLogger(__name__)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--real", nargs="*", default=[], type=Path, help="audio files shown as they are")
+    p.add_argument("--ckpt", nargs="+", required=True, type=Path, help="one generated row per checkpoint")
+    p.add_argument("--label", nargs="*", default=[], help="a title per checkpoint (default: its run folder)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-p", type=float, help="min_p for every checkpoint (default: each one's own)")
+    p.add_argument("--out", required=True, type=Path)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    models = [musegen.load(ckpt, device="cpu") for ckpt in args.ckpt]
+    sample_rate = models[0].sample_rate
+    rows = [load_audio(path, sample_rate)[: int(args.seconds * sample_rate)] for path in args.real]
+    titles = [f"real clip: {path.name}" for path in args.real]
+    for model, ckpt, label in zip(models, args.ckpt, args.label + [None] * len(args.ckpt)):
+        music = model.generate(args.prompt, args.seconds, seed=args.seed, min_p=args.min_p, progress=False)
+        rows.append(music.waveforms[0])
+        titles.append(f"{label or ckpt.parent.parent.name}: \"{args.prompt}\"")
+    fig = spectrograms(rows, sample_rate, titles)
+    fig.savefig(args.out, dpi=80)
+    log.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
