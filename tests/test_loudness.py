@@ -55,9 +55,12 @@ def test_generated_wav_mp3_and_rendition_reach_the_target_under_the_ceiling(tmp_
     written = generate_files(cfg)[0]
     sidecar = json.loads(Path(written["json"]).read_text())
     target, ceiling = cfg.export.loudness_lufs, cfg.export.peak_db
+    # the ceiling comes first: where the encoder's overshoot would pass it, the lossy file is encoded
+    # quieter by the trim the sidecar records (-0.55 dB for this sample's MP3)
+    trims = sidecar["loudness"]["lossy_trim_db"]
     for kind in ("wav", "mp3", "midi.wav"):
         y, sr = sf.read(written[kind], dtype="float64")
-        assert abs(loudness(y, sr) - target) <= TOLERANCE_LU, kind
+        assert abs(loudness(y, sr) - (target + trims.get(kind, 0.0))) <= TOLERANCE_LU, kind
         assert true_peak_db(y, sr) <= ceiling + PCM_DB, kind
     report = sidecar["loudness"]["audio"]
     assert report["target_lufs"] == target and not report["limited"] and report["reason"] is None
