@@ -5,7 +5,7 @@ docs/BENCHMARKS.md shows of a model's music.
         --ckpt outputs/demo/make-demo/checkpoints/last.ckpt --prompt "a gentle piano tune" --out docs/sample.png
 
 Each generated row is `musegen.load(ckpt).generate(prompt)` with the checkpoint's default sampling
-(or the --min-p given) and audio path; real clips are shown as recorded, cut to --seconds.
+(or the --min-p given), rendered by conf/synth's mix or --vocoder; real clips are shown as recorded, cut to --seconds.
 """
 from __future__ import annotations
 
@@ -29,10 +29,11 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-p", type=float, help="min_p for every checkpoint (default: each one's own)")
+    p.add_argument("--vocoder", type=Path, help="a vocoder checkpoint renders the audio (default: conf/synth's mix)")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO)
-    models = [musegen.load(ckpt, device="cpu") for ckpt in args.ckpt]
+    models = [musegen.load(ckpt, device="cpu", vocoder=args.vocoder) for ckpt in args.ckpt]
     sample_rate = models[0].sample_rate
     rows = [load_audio(path, sample_rate)[: int(args.seconds * sample_rate)] for path in args.real]
     titles = [f"real clip: {path.name}" for path in args.real]

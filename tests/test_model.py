@@ -189,3 +189,25 @@ def test_mse_head_samples_with_noise_scaled_by_the_residual_and_temperature():
     noisy = head.sample(x, Sampling(guidance=None, temperature=0.5), Noise(range(3)))
     assert torch.equal(still, mean)
     assert 0.8 < float((noisy - mean).std()) < 1.2  # 0.5 * 2
+
+
+def test_a_quantised_context_token_model_reads_real_frames_as_their_centroids() -> None:
+    """Training reads the context as generation feeds it back: a window of real frames and the same
+    window replaced by its codebook centroids give the backbone the same input, so the same state."""
+    head = {"_target_": "musegen.model.token_head.TokenHead", "codebook_size": 8, "kmeans_samples": 64,
+            "hidden": 16, "embed": 8, "dropout": 0.0, "quantised_context": True}
+    model = MuseModel(**model_args(head=head)).eval()
+    batch = make_batch()
+    frames = batch["context"].flatten(0, 1)
+    model.normaliser.set_stats(frames.mean(0), frames.std(0))
+    model.head.prepare(model.normaliser.normalise(frames))
+    cond = model.condition(batch["text"], batch["reference"])
+    mask = batch["context_mask"]
+    codebook, norm = model.head.codebook, model.normaliser
+    centroids = norm.denormalise(codebook.decode(codebook.encode(norm.normalise(batch["context"]))))
+    with torch.no_grad():
+        real, quantised = model(batch["context"], mask, cond).state, model(centroids, mask, cond).state
+    assert torch.allclose(real, quantised, atol=1e-5)
+    model.head.quantised_context = False
+    with torch.no_grad():
+        assert not torch.allclose(model(batch["context"], mask, cond).state, real, atol=1e-3)
