@@ -234,6 +234,9 @@ def test_evaluate_py_end_to_end(tmp_path, smoke_run):
         assert all(isinstance(v, float) and math.isfinite(v) for v in entry["baselines"].values()), (name, entry)
     assert results["metrics"]["skill"]["baselines"]["persistence"] == 0.0
     assert set(results["metrics"]["skill"]["baselines"]) == {"persistence", "ridge"}
+    assert set(results["metrics"]["fad"]["baselines"]) == {"floor_train_vs_test", "train_same_size",
+                                                           "train_same_size_resynthesised", "white_noise"}
+    assert results["sampling"]["guidance"] == results["metrics"]["prompt_adherence"]["details"]["guidance"]
     assert len(results["metrics"]["prompt_adherence"]["details"]["labels"]) == 2
     assert results["data"]["config_from"].endswith(".hydra/config.yaml")
     assert "prompt_adherence" in out.stdout and "metrics.json" in out.stdout
