@@ -129,7 +129,7 @@ def test_config_builds_a_head_and_its_sampling_defaults() -> None:
                                             ("dropout", 1.0), ("label_smoothing", -0.1), ("kmeans_samples", 8)])
 def test_bad_config_names_the_key(key: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"model.head.{key}"):
-        TokenHead(STATE, FEATURES, FEATURES, K, C, 4, **{key: value})
+        TokenHead(STATE, FEATURES, FEATURES, K, C, 4, **{"codebook_size": 16, "kmeans_samples": 16, key: value})
 
 
 def test_unfitted_head_refuses_to_train_or_sample() -> None:

@@ -36,7 +36,7 @@ class TokenHead(Head):
     """
 
     def __init__(self, state_dim: int, feature_dim: int, out_dim: int, segment_frames: int, context_frames: int,
-                 n_mfcc: int, codebook_size: int = 512, kmeans_iters: int = 25, kmeans_samples: int = 200_000,
+                 n_mfcc: int, codebook_size: int, kmeans_iters: int = 25, kmeans_samples: int = 200_000,
                  seed: int = 0, hidden: int = 128, embed: int = 64, dropout: float = 0.1,
                  label_smoothing: float = 0.0, quantised_context: bool = False) -> None:
         super().__init__(state_dim, feature_dim, out_dim, segment_frames, context_frames, n_mfcc)
