@@ -5,7 +5,7 @@ docs/BENCHMARKS.md shows of a model's music.
         --ckpt outputs/demo/make-demo/checkpoints/last.ckpt --prompt "a gentle piano tune" --out docs/sample.png
 
 Each generated row is `musegen.load(ckpt).generate(prompt)` with the checkpoint's default sampling
-(or the --min-p given), rendered by conf/synth's mix or --vocoder; real clips are shown as recorded, cut to --seconds.
+(or its --min-p), rendered by conf/synth's mix or --vocoder; real clips are shown as recorded, cut to --seconds.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def main() -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-p", type=float, help="min_p for every checkpoint (default: each one's own)")
+    p.add_argument("--min-p", nargs="*", default=[], type=float,
+                   help="min_p per checkpoint, in order (0 = off; default: each checkpoint's own)")
     p.add_argument("--vocoder", type=Path, help="a vocoder checkpoint renders the audio (default: conf/synth's mix)")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args()
@@ -37,8 +38,9 @@ def main() -> None:
     sample_rate = models[0].sample_rate
     rows = [load_audio(path, sample_rate)[: int(args.seconds * sample_rate)] for path in args.real]
     titles = [f"real clip: {path.name}" for path in args.real]
-    for model, ckpt, label in zip(models, args.ckpt, args.label + [None] * len(args.ckpt)):
-        music = model.generate(args.prompt, args.seconds, seed=args.seed, min_p=args.min_p, progress=False)
+    pad = [None] * len(args.ckpt)
+    for model, ckpt, label, min_p in zip(models, args.ckpt, args.label + pad, args.min_p + pad):
+        music = model.generate(args.prompt, args.seconds, seed=args.seed, min_p=min_p, progress=False)
         rows.append(music.waveforms[0])
         titles.append(f"{label or ckpt.parent.parent.name}: \"{args.prompt}\"")
     fig = spectrograms(rows, sample_rate, titles)
