@@ -204,3 +204,21 @@ def test_generation_renders_with_a_vocoder_when_given_one(trained, smoke_run, tm
                                              "export.synthesis=vocoder"])
     with pytest.raises(ValueError, match="needs vocoder=PATH"):
         generate_files(bad)
+
+
+def test_logged_vocoder_audio_stays_within_full_scale(capsys) -> None:
+    """TensorBoard clips audio past full scale and prints a warning; an early vocoder renders that loud."""
+    from torch.utils.tensorboard.summary import audio
+
+    from musegen.vocoder.callbacks import FULL_SCALE, within_full_scale
+
+    loud = np.sin(np.linspace(0, 200, 4000)).astype(np.float32) * 1.7
+    scaled = within_full_scale(loud)
+    assert np.isclose(np.abs(scaled).max(), FULL_SCALE)
+    assert np.allclose(scaled, loud * (FULL_SCALE / np.abs(loud).max()))
+    quiet = loud / 2
+    assert np.array_equal(within_full_scale(quiet), quiet)
+    audio("clip", scaled[None], sample_rate=16000)
+    assert "out of range" not in capsys.readouterr().out
+    audio("clip", loud[None], sample_rate=16000)   # what the callback logged before
+    assert "out of range" in capsys.readouterr().out

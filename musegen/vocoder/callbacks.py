@@ -2,9 +2,20 @@
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from musegen.callbacks import mel_figure
+
+FULL_SCALE = 0.99
+
+
+def within_full_scale(y: np.ndarray) -> np.ndarray:
+    """``y`` scaled down to a peak of FULL_SCALE when it passes full scale, else as it is: an early
+    vocoder can render louder than 1, which TensorBoard would clip (with a printed warning), and
+    generation normalises peaks before writing anyway."""
+    peak = float(np.abs(y).max(initial=0.0))
+    return y * (FULL_SCALE / peak) if peak > 1.0 else y
 
 
 class VocoderAudioLogger(L.Callback):
@@ -31,6 +42,7 @@ class VocoderAudioLogger(L.Callback):
             if epoch == self.every:  # the original does not change: once is enough
                 images["original"] = val.audio[i][half:half + len(frames) * cfg.hop_length].numpy()
             for kind, y in images.items():
-                tb.experiment.add_audio(f"vocoder/{i}_{kind}", y[None], step, sample_rate=cfg.sample_rate)
+                tb.experiment.add_audio(f"vocoder/{i}_{kind}", within_full_scale(y)[None], step,
+                                        sample_rate=cfg.sample_rate)
                 tb.experiment.add_image(f"vocoder_mel/{i}_{kind}", mel_figure(y, cfg.sample_rate), step,
                                         dataformats="HWC")
