@@ -149,10 +149,14 @@ class Evaluation:
         if len(ids) < 2:
             raise ValueError(f"the test split has {len(ids)} clip(s); evaluation needs >= 2 "
                              "(more data, or a larger data.test_fraction)")
-        if len(ids) <= self.s.max_test_clips:
+        return self._choose(ids, self.s.max_test_clips)
+
+    def _choose(self, ids: list[int], n: int) -> list[int]:
+        """At most n of ids, a seeded random subset in order (all of them when there are no more)."""
+        if len(ids) <= n:
             return ids
         rng = np.random.default_rng(self.s.seed)
-        return sorted(int(i) for i in rng.choice(ids, self.s.max_test_clips, replace=False))
+        return sorted(int(i) for i in rng.choice(ids, n, replace=False))
 
     def frames(self, ids: Iterable[int]) -> list[np.ndarray]:
         return [self.cache.clip_frames(i).numpy() for i in ids]
@@ -196,7 +200,7 @@ class Evaluation:
         return _entry(acc[self.guidance], baselines, chance=chance, details=details, name="prompt_adherence")
 
     def _resynth(self, i: int, synthesis: str | None = None) -> Sample:
-        """A test clip's true frames through generate.py's synthesis (or `synthesis` mode): what the
+        """A cached clip's true frames through generate.py's synthesis (or `synthesis` mode): what the
         audio path alone loses, with a perfect model. Rendered once per clip and mode."""
 
         if (i, synthesis) not in self._resynthesised:
@@ -251,8 +255,7 @@ class Evaluation:
         noise = fad(white_noise_frames(len(generated), self.s.seconds, self.feats, self.s.seed), real_test, mean, std)
         # What a perfect model would score: as many training clips as there are generated samples
         # (the estimate grows as a set shrinks), as they are and through generate.py's audio path.
-        size = min(len(generated), len(self.train_ids))
-        ids = sorted(int(i) for i in np.random.default_rng(self.s.seed).choice(self.train_ids, size, replace=False))
+        ids = self._choose(self.train_ids, len(generated))
         same_size = fad(self.frames(ids), real_test, mean, std)
         resynth = fad([self._resynth(i).extracted for i in ids], real_test, mean, std)
         return _entry(value, {"floor_train_vs_test": floor, "train_same_size": same_size,
