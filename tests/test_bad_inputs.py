@@ -170,6 +170,15 @@ def test_generate_checks_its_arguments_before_any_work(tmp_path, smoke_run, over
                     f"out={tmp_path / 'out'}", override) == set()
 
 
+@pytest.mark.parametrize("override, message", [
+    ("settings.min_p=abc", r"settings\.min_p='abc': must be a number or null"),
+    ("settings.top_k=0.5", r"settings\.top_k=0\.5: must be an integer or null"),
+])
+def test_evaluate_names_a_mistyped_sampling_setting(tmp_path, smoke_run, override, message):
+    assert _refused("evaluate.py", tmp_path, message, f"ckpt={smoke_run['ckpt']}",
+                    f"hydra.run.dir={tmp_path / 'eval'}", override) == set()
+
+
 def test_generate_refuses_a_file_as_out_and_a_folder_as_audio(tmp_path, smoke_run):
     bad = _bad_files(tmp_path / "in")
     assert _refused("generate.py", tmp_path, rf"out={bad['a_file']}: {bad['a_file']} is a file, not a folder",

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from musegen.apps.generate import generate_files
+from musegen.apps.generate import SAMPLING_ARGUMENTS, generate_files, typed
 from musegen.checkpoint import file_sha256
 from musegen.data.datamodule import MuseDataModule
 from musegen.eval.metrics import rtf
@@ -72,6 +72,8 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path, generate_cfg: Dict
     """Checkpoint + data config -> every metric -> <out_dir>/metrics.json; `generate_cfg` is the
     generate.py config the rtf metric times."""
     start = time.perf_counter()
+    for name, (kind, nullable) in SAMPLING_ARGUMENTS.items():   # before any work, as generate.py
+        typed(f"settings.{name}", cfg.settings[name], kind, nullable)
     settings = instantiate(cfg.settings)
     generator = Generator.from_checkpoint(cfg.ckpt, device=cfg.device)
     data_cfg, origin = _data_config(cfg)

@@ -12,14 +12,17 @@ from musegen.api import load
 from musegen.features import AudioError
 from musegen.lyrics import write_lyrics
 
+#: The sampling settings (null: the checkpoint's default), as generate.py and evaluate.py take them.
+SAMPLING_ARGUMENTS: dict[str, tuple[type, bool]] = {
+    "guidance": (float, True), "temperature": (float, True), "top_k": (int, True), "top_p": (float, True),
+    "min_p": (float, True),
+}
 #: generate.py's scalar arguments: (type, whether null is allowed). Hydra reads `duration=abc` as a
 #: string and `prompt=1985` as an int, so each is checked (or, for text, converted) before any work.
 ARGUMENTS: dict[str, tuple[type, bool]] = {
     "prompt": (str, True), "lyrics": (str, True), "lyrics_from_prompt": (bool, False),
     "lyrics_model": (str, False), "lyrics_max_new_tokens": (int, False), "duration": (float, False),
-    "max_duration": (float, False), "guidance": (float, True), "temperature": (float, True),
-    "top_k": (int, True), "top_p": (float, True), "min_p": (float, True), "seed": (int, False),
-    "num_samples": (int, False),
+    "max_duration": (float, False), **SAMPLING_ARGUMENTS, "seed": (int, False), "num_samples": (int, False),
     "device": (str, False), "threads": (int, True),
 }
 _KINDS = {str: "text", bool: "true or false", int: "an integer", float: "a number"}
