@@ -22,7 +22,8 @@ import torch
 from common import machine
 
 import musegen
-from musegen.data.cache import load_cache
+from musegen.apps.errors import user_errors
+from musegen.data.cache import CacheError, load_cache
 from musegen.eval.prompts import HELD_OUT_PROMPTS
 
 RUNS = (1, 2, 3, 4, 6, 8, 12, 16, 24)
@@ -67,18 +68,34 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--sampling", default="{}", help="generate()'s sampling settings as JSON ({} = the defaults)")
     args = p.parse_args()
+    with user_errors("bench_hazard"):
+        report(args)
+
+
+def report(args: argparse.Namespace) -> None:
+    """Measure the three hazards and print them as one JSON line."""
+    try:
+        sampling = json.loads(args.sampling)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--sampling {args.sampling!r} is not JSON ({err})") from None
+    if not isinstance(sampling, dict):
+        raise ValueError(f"--sampling {args.sampling!r} must be a JSON object, e.g. '{{\"min_p\": 0.006}}'")
+    try:
+        cache = load_cache(args.cache)
+    except CacheError:
+        raise ValueError(f"--cache {args.cache} is not a complete feature cache (train.py builds them under "
+                         "data/cache/)") from None
     model = musegen.load(args.ckpt, device="cpu")
     net = model.generator.model.eval()
     head = net.head
     if not hasattr(head, "codebook"):
-        raise SystemExit(f"{args.ckpt}: not a token-head checkpoint (model.head has no codebook)")
+        raise ValueError(f"{args.ckpt}: not a token-head checkpoint (model.head has no codebook)")
     if net.out_dim <= net.n_mfcc:
-        raise SystemExit(f"{args.ckpt}: the model predicts no chroma, so its tokens have no pitch class")
+        raise ValueError(f"{args.ckpt}: the model predicts no chroma, so its tokens have no pitch class")
     classes_of = head.codebook.centroids[:, net.n_mfcc:].argmax(-1)
-    cache = load_cache(args.cache)
 
     def classes(frames: torch.Tensor) -> torch.Tensor:
-        return classes_of[head.codebook.encode(net.normaliser.normalise(frames.float())[:, : net.out_dim])]
+        return classes_of[head._tokens(net.normaliser.normalise(frames.float()))]
 
     real, forced = Hazard(), Hazard()
     c, k = net.context_frames, net.segment_frames
@@ -98,7 +115,6 @@ def main() -> None:
                     before = int(seq[t + j - 1])
                     forced.add(int(runs[t + j - 1]), float(probs[j][classes_of != before].sum()))
     prompts = list(HELD_OUT_PROMPTS[:: max(1, len(HELD_OUT_PROMPTS) // args.prompts)][: args.prompts])
-    sampling = json.loads(args.sampling)
     generated = Hazard()
     for frames in model.generate(prompts, duration=args.seconds, progress=False, **sampling).frames:
         generated.add_sequence(classes(torch.as_tensor(frames)).numpy())

@@ -16,6 +16,7 @@ import statistics
 from common import machine
 
 import musegen
+from musegen.apps.errors import user_errors
 from musegen.eval import realism
 from musegen.eval.harness import musegen_notes
 from musegen.eval.prompts import HELD_OUT_PROMPTS
@@ -31,6 +32,12 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=16, help="held-out prompts, evenly over the instruments")
     p.add_argument("--seconds", type=float, default=8.0)
     args = p.parse_args()
+    with user_errors("bench_sampling"):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Sample every setting of GRID and print the figures as one JSON line."""
     model = musegen.load(args.ckpt, device="cpu")
     features = model.generator.features
     prompts = list(HELD_OUT_PROMPTS[:: max(1, len(HELD_OUT_PROMPTS) // args.prompts)][: args.prompts])

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import musegen
+from musegen.apps.errors import user_errors
 from musegen.features import load_audio
 from musegen.figures import spectrograms
 
@@ -33,6 +34,12 @@ def main() -> None:
     p.add_argument("--vocoder", type=Path, help="a vocoder checkpoint renders the audio (default: conf/synth's mix)")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args()
+    with user_errors("plot_spectrograms"):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Render the rows and write the figure."""
     logging.basicConfig(level=logging.INFO)
     models = [musegen.load(ckpt, device="cpu", vocoder=args.vocoder) for ckpt in args.ckpt]
     sample_rate = models[0].sample_rate

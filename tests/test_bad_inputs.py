@@ -227,3 +227,21 @@ def test_readme_quoting_examples_reach_generate_intact(tmp_path, smoke_run, inde
     written = json.loads(sidecars[0].read_text(encoding="utf-8"))
     assert (written["checkpoint"], written["prompt"]) == (ckpt, prompt)
     assert {name.split("/")[0] for name in _files(tmp_path)} == {Path(ckpt).parts[0], Path(out).parts[0]}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sampling", "{min_p: 0.006}"], r"--sampling '\{min_p: 0\.006\}' is not JSON"),
+    (["--sampling", "[0.006]"], r"--sampling '\[0\.006\]' must be a JSON object"),
+    (["--cache", "no-such-cache"], r"--cache no-such-cache is not a complete feature cache"),
+    (["--ckpt", "no-such.ckpt"], r"checkpoint no-such\.ckpt: no such file"),
+])
+def test_bench_hazard_names_a_bad_input(tmp_path, smoke_run, args, message):
+    cache = next((smoke_run["root"] / "data" / "cache").iterdir())
+    given = {"--ckpt": str(smoke_run["ckpt"]), "--cache": str(cache)}
+    given.update(zip(args[::2], args[1::2]))
+    out = run_script("bench/bench_hazard.py", *(x for pair in given.items() for x in pair), check=False,
+                     cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-4000:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith("bench_hazard: ")]
+    assert len(lines) == 1 and re.search(message, lines[0]), out.stderr[-4000:]
+    assert list(tmp_path.iterdir()) == []
