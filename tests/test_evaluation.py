@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pretty_midi
 import pytest
 import torch
 from conftest import run_script
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from musegen.audio import Synthesizer
 from musegen.eval.baselines import argmax_notes, linear_skill, pyin_notes
-from musegen.eval.harness import next_segment_skill
+from musegen.eval.harness import AudioPath, next_segment_skill, prompt_samples
 from musegen.eval.metrics import (
     InstrumentClassifier,
     fad,
@@ -28,10 +31,13 @@ from musegen.eval.metrics import (
 )
 from musegen.eval.run import METRICS, EvalSettings
 from musegen.features import FeatureConfig, extract
+from musegen.generation import Generator
 from musegen.model.heads import last_frame
 from musegen.model.normaliser import Normaliser
 from musegen.model_card import CARD_FILE
 from musegen.model_card_markdown import fmt
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 FEATS = FeatureConfig()
 SETTINGS = dict(num_prompts=1, seconds=1.0, max_test_clips=2, guidance=None, temperature=None, top_k=None, top_p=None,
@@ -265,3 +271,17 @@ def test_linear_baseline_learns_a_linear_continuation():
     train = list(ramp_batches(slope, starts=tuple(range(6, 36))))
     value = linear_skill(model, train, ramp_batches(slope), frames=2, alpha=1e-6)
     assert value > 0.99
+
+
+def test_prompt_samples_draw_each_sample_from_its_own_stream(smoke_run):
+    """Samples of different labels used to share seeds (one per index within a label), so the
+    evaluation's samples shared their sampling noise across instruments."""
+    gen = Generator.from_checkpoint(smoke_run["ckpt"], device="cpu")
+    export = instantiate(OmegaConf.load(CONF / "export" / "default.yaml"))
+    path = AudioPath(Synthesizer(gen.features, n_iter=2), export)
+    labels = ["piano", "violin"]
+    samples = prompt_samples(gen, labels, 3.0, 2, 1.0, path, seed=5)
+    assert [s.meta["seed"] for s in samples] == [5, 6, 7, 8]
+    assert [s.label for s in samples] == ["piano", "piano", "violin", "violin"]
+    again = prompt_samples(gen, labels, 3.0, 2, 1.0, path, seed=5)   # the same streams: paired calls
+    assert all(np.array_equal(a.frames, b.frames) for a, b in zip(samples, again))

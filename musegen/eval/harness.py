@@ -160,18 +160,20 @@ def prompt_samples(
 
     Each sample is synthesised as generate.py does (``audio_path``) in the named instrument's
     register, and its features re-extracted from that audio. ``sampling``: generate()'s settings
-    besides guidance (None: the checkpoint's defaults).
+    besides guidance (None: the checkpoint's defaults). Every sample draws from its own random
+    stream (seeds ``seed``, ``seed + 1``, ... in order), so no two samples share their sampling noise;
+    calls with the same labels and seed reuse the streams, which pairs samples across guidances.
     """
     out = []
-    for label in labels:
+    for i, label in enumerate(labels):
         wordings = prompts_for(label)
         name = label.replace("_", "-").lower()
         for j in range(n_per_label):
-            prompt = wordings[j % len(wordings)]
-            frames = generator.generate(prompt=prompt, duration=duration, guidance=guidance, seed=seed + j,
+            prompt, item_seed = wordings[j % len(wordings)], seed + i * n_per_label + j
+            frames = generator.generate(prompt=prompt, duration=duration, guidance=guidance, seed=item_seed,
                                         **(sampling or {})).frames[0]
             where = Path(out_dir) / f"g{guidance:g}-{name}-{j}" if out_dir else None
             s = audio_path.render(frames, duration, register_for(label), path=where, label=label)
-            s.meta.update(prompt=prompt, guidance=guidance)
+            s.meta.update(prompt=prompt, guidance=guidance, seed=item_seed)
             out.append(s)
     return out
