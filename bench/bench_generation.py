@@ -40,7 +40,7 @@ def demo_checkpoint(path: Path, head: str) -> Path:
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=demo", f"model/head={head}", "paths.output_dir=."])
     module = instantiate(cfg.model, text_dim=SentenceEncoder().dim)
-    module.model.head.prepare(torch.randn(4096, module.model.feature_dim))
+    module.model.head.prepare([torch.randn(4096, module.model.feature_dim)])
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     return path
 

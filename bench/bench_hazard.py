@@ -92,16 +92,20 @@ def report(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.ckpt}: not a token-head checkpoint (model.head has no codebook)")
     if net.out_dim <= net.n_mfcc:
         raise ValueError(f"{args.ckpt}: the model predicts no chroma, so its tokens have no pitch class")
-    classes_of = head.codebook.centroids[:, net.n_mfcc:].argmax(-1)
+    p = head.frames_per_token
+    classes_of = head.codebook.centroids.reshape(head.vocab, p, -1)[..., net.n_mfcc:].argmax(-1)   # [V, P]
 
     def classes(frames: torch.Tensor) -> torch.Tensor:
-        return classes_of[head._tokens(net.normaliser.normalise(frames.float()))]
+        """Per-frame pitch classes of frames [T, F] through the codebook (T cut to a multiple of P)."""
+        frames = frames[len(frames) % p:]
+        return classes_of[head._tokens(net.normaliser.normalise(frames.float()))].flatten()
 
     real, forced = Hazard(), Hazard()
     c, k = net.context_frames, net.segment_frames
     with torch.no_grad():
         for i in range(0, len(cache), args.every):
             frames = cache.clip_frames(i).float()
+            frames = frames[len(frames) % p:]   # whole tokens, aligned to the clip's end
             seq = classes(frames)
             real.add_sequence(seq.numpy())
             runs = run_lengths(seq.numpy())
@@ -112,8 +116,13 @@ def report(args: argparse.Namespace) -> None:
                 target = net.target(frames[t:t + k][None])
                 probs = head._teacher_forced(x, head._tokens(target))[0].softmax(-1)
                 for j in range(k):
+                    # A token covers P frames: frame j's forecast is conditional on the earlier
+                    # frames of its token having the classes they have.
+                    group, offset = probs[j // p], j % p
+                    agrees = (classes_of[:, :offset] == seq[t + j - offset:t + j]).all(1)
                     before = int(seq[t + j - 1])
-                    forced.add(int(runs[t + j - 1]), float(probs[j][classes_of != before].sum()))
+                    changes = group[agrees & (classes_of[:, offset] != before)].sum() / group[agrees].sum()
+                    forced.add(int(runs[t + j - 1]), float(changes))
     prompts = list(HELD_OUT_PROMPTS[:: max(1, len(HELD_OUT_PROMPTS) // args.prompts)][: args.prompts])
     generated = Hazard()
     for frames in model.generate(prompts, duration=args.seconds, progress=False, **sampling).frames:

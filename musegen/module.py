@@ -81,7 +81,7 @@ class MuseModule(L.LightningModule):
         if not bool(norm.ready):
             norm.set_stats(dm.stats["mean"].to(norm.mean), dm.stats["std"].to(norm.std))
         if stage == "fit":
-            self.model.head.prepare(norm.normalise(dm.train_frames()).to(norm.mean))
+            self.model.head.prepare([norm.normalise(c).to(norm.mean) for c in dm.train_clips()])
 
     def _conditioned(self, batch: dict[str, torch.Tensor], train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(context mask, conditioning) of a batch; in training with conditioning dropout."""

@@ -200,7 +200,7 @@ def test_a_quantised_context_token_model_reads_real_frames_as_their_centroids() 
     batch = make_batch()
     frames = batch["context"].flatten(0, 1)
     model.normaliser.set_stats(frames.mean(0), frames.std(0))
-    model.head.prepare(model.normaliser.normalise(frames))
+    model.head.prepare([model.normaliser.normalise(frames)])
     cond = model.condition(batch["text"], batch["reference"])
     mask = batch["context_mask"]
     codebook, norm = model.head.codebook, model.normaliser

@@ -29,7 +29,7 @@ def make_head(out_dim: int = FEATURES, vocab: int = 16, seed: int = 0, **kwargs)
     head = TokenHead(state_dim=STATE, feature_dim=FEATURES, out_dim=out_dim, segment_frames=K, context_frames=C,
                      n_mfcc=4, codebook_size=vocab, kmeans_iters=10, kmeans_samples=vocab, hidden=32, embed=16,
                      dropout=0.0, **kwargs)
-    head.prepare(torch.randn(400, FEATURES, generator=torch.Generator().manual_seed(1)))
+    head.prepare([torch.randn(400, FEATURES, generator=torch.Generator().manual_seed(1))])
     return head.eval()
 
 
@@ -126,7 +126,8 @@ def test_config_builds_a_head_and_its_sampling_defaults() -> None:
 
 
 @pytest.mark.parametrize(("key", "value"), [("codebook_size", 1), ("kmeans_iters", 0), ("hidden", 0),
-                                            ("dropout", 1.0), ("label_smoothing", -0.1), ("kmeans_samples", 8)])
+                                            ("dropout", 1.0), ("label_smoothing", -0.1), ("kmeans_samples", 8),
+                                            ("frames_per_token", 0), ("frames_per_token", 2)])   # K = 5
 def test_bad_config_names_the_key(key: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"model.head.{key}"):
         TokenHead(STATE, FEATURES, FEATURES, K, C, 4, **{"codebook_size": 16, "kmeans_samples": 16, key: value})
@@ -143,7 +144,7 @@ def test_unfitted_head_refuses_to_train_or_sample() -> None:
 def test_prepare_keeps_a_fitted_codebook() -> None:
     head = make_head()
     before = head.codebook.centroids.clone()
-    head.prepare(torch.randn(400, FEATURES) + 5)
+    head.prepare([torch.randn(400, FEATURES) + 5])
     assert torch.equal(head.codebook.centroids, before)
 
 
@@ -315,3 +316,67 @@ def test_without_chroma_only_the_predicted_dimensions_are_tokens() -> None:
     # the step-0 token comes from the predicted dimensions of the last context frame only
     other = HeadInput(x.state, torch.cat([x.context[..., :4], torch.randn(2, C, FEATURES - 4)], dim=-1), x.mask)
     assert torch.equal(draw(head, other, Sampling(None, 1.0)), draw(head, x, Sampling(None, 1.0)))
+
+
+# --- tokens of several frames -------------------------------------------------------------------
+
+GROUP_K = 6   # a segment of three pairs
+
+
+def pair_head(**kwargs) -> TokenHead:
+    torch.manual_seed(0)
+    head = TokenHead(state_dim=STATE, feature_dim=FEATURES, out_dim=FEATURES, segment_frames=GROUP_K,
+                     context_frames=C, n_mfcc=4, codebook_size=16, kmeans_iters=10, kmeans_samples=16, hidden=32,
+                     embed=16, dropout=0.0, frames_per_token=2, **kwargs)
+    head.prepare([torch.randn(401, FEATURES, generator=torch.Generator().manual_seed(1))])
+    return head.eval()
+
+
+def test_a_token_stands_for_consecutive_frames() -> None:
+    head = pair_head()
+    assert head.codebook.centroids.shape == (16, 2 * FEATURES)
+    x = guided_input(head_input(3, seed=0), head_input(3, seed=1))
+    out = draw(head, x, Sampling(3.0, 1.0, top_k=8))
+    assert out.shape == (3, GROUP_K, FEATURES)
+    pairs = out.reshape(3, GROUP_K // 2, 2 * FEATURES)
+    assert torch.equal(head.codebook.decode(head.codebook.encode(pairs)), pairs)
+    plain = head_input(3)
+    greedy = draw(head, plain, Sampling(None, 0.0))
+    with torch.no_grad():
+        rolled, forced = head.mean(plain), head.mean(plain, target=greedy)
+    assert rolled.shape == (3, GROUP_K, FEATURES)
+    assert torch.allclose(rolled, forced, atol=1e-5)
+    losses = head.loss(plain, greedy)
+    assert torch.allclose(losses["bits_per_frame"], losses["loss"].detach() / (2 * math.log(2)))
+
+
+def test_a_context_shorter_than_a_token_starts_from_the_start_token() -> None:
+    head = pair_head()
+    s = Sampling(None, 1.0)
+    one, empty = head_input(3, context=1), head_input(3, context=0)
+    assert torch.equal(draw(head, one, s), draw(head, empty, s))
+    two = head_input(3, context=2)
+    moved = HeadInput(two.state, two.context.clone(), two.mask)
+    moved.context[:, -2:] += 3.0
+    assert not torch.equal(draw(head, two, s), draw(head, moved, s))   # a whole pair is read
+
+
+def test_quantised_context_reads_pairs_of_centroids() -> None:
+    head = pair_head(quantised_context=True)
+    x = head_input(2).context
+    read = head.read_context(x)
+    pairs = x.reshape(2, C // 2, 2 * FEATURES)
+    assert torch.equal(read, head.codebook.decode(head.codebook.encode(pairs)).reshape(2, C, FEATURES))
+    assert torch.equal(head.read_context(read), read)
+
+
+def test_the_codebook_learns_groups_inside_clips_only() -> None:
+    """Clips of odd length are grouped from their end: no token mixes the end of one clip with the
+    start of the next."""
+    head = TokenHead(STATE, FEATURES, FEATURES, GROUP_K, C, 4, codebook_size=2, kmeans_samples=8,
+                     frames_per_token=2)
+    a, b = torch.zeros(5, FEATURES), torch.ones(5, FEATURES)
+    head.prepare([a, b, a, b])
+    centroids = sorted(head.codebook.centroids.tolist())
+    assert centroids == [[0.0] * 2 * FEATURES, [1.0] * 2 * FEATURES]
+

@@ -19,6 +19,7 @@ group; `max_file_seconds` caps how much of each file is read (None: all of it).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -261,14 +262,16 @@ class MuseDataModule(L.LightningDataModule):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         return list(self.split_clips[split])
 
-    def train_frames(self, max_frames: int = 1 << 18) -> torch.Tensor:
-        """Raw frames of the train split [N, dim], at most ``max_frames`` of them (an evenly spaced
-        subset beyond that): what a head fits its codebook on before training."""
+    def train_clips(self, max_frames: int = 1 << 18) -> list[torch.Tensor]:
+        """Raw frames of the train split's clips ([T_i, dim] each), about ``max_frames`` frames at
+        most (an evenly spaced subset of the clips beyond that): what a head fits its codebook on
+        before training. Whole clips, so that a head can quantise runs of consecutive frames."""
         self._require_setup()
-        frames = torch.cat([self.cache.clip_frames(i) for i in self.split_clips["train"]])
-        if len(frames) > max_frames:
-            frames = frames[torch.linspace(0, len(frames) - 1, max_frames).long()]
-        return frames
+        clips = [self.cache.clip_frames(i) for i in self.split_clips["train"]]
+        total = sum(len(c) for c in clips)
+        if total > max_frames:
+            clips = clips[:: math.ceil(total / max_frames)]
+        return clips
 
     def _require_setup(self) -> None:
         if self.cache is None:

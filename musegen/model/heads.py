@@ -91,9 +91,9 @@ class Head(nn.Module, ABC):
         that training reads frames like the ones generation feeds back."""
         return context
 
-    def prepare(self, frames: torch.Tensor) -> None:
+    def prepare(self, clips: Sequence[torch.Tensor]) -> None:
         """Fit what the head learns from data before training (a codebook), from normalised training
-        frames [N, feature_dim]. Called once, before the first epoch of a fresh model."""
+        clips ([T_i, feature_dim] each). Called once, before the first epoch of a fresh model."""
 
     def calibrate(self, val_mse: torch.Tensor) -> None:
         """Per-dimension validation MSE of ``mean`` [out_dim], after each validation epoch."""

@@ -1,8 +1,8 @@
-"""The token head: a language model over codebook tokens, one token per frame.
+"""The token head: a language model over codebook tokens, one token per ``frames_per_token`` frames.
 
-Frames are quantised to a k-means codebook (musegen.model.codebook); a small unidirectional GRU,
-started from the backbone's state, predicts the next segment's tokens one frame at a time, each
-step reading the previous frame's token. It defines a distribution over what comes next and
+Groups of consecutive frames are quantised to a k-means codebook (musegen.model.codebook); a small
+unidirectional GRU, started from the backbone's state, predicts the next segment's tokens one
+group at a time, each step reading the previous group's token. It defines a distribution over what comes next and
 samples from it with the usual language-model controls: temperature, top-k, top-p and min-p
 truncation and classifier-free guidance on the log-probabilities.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from torch import nn
 
 from musegen.model.codebook import Codebook
 from musegen.model.conditioning import guide
-from musegen.model.heads import Head, HeadInput, Noise, Sampling, last_frame
+from musegen.model.heads import Head, HeadInput, Noise, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,14 @@ log = logging.getLogger(__name__)
 class TokenHead(Head):
     """Autoregressive decoder over the tokens of the next ``segment_frames`` frames.
 
-    The codebook quantises the first ``out_dim`` dimensions of a frame (all of them when chroma is
-    predicted), so the head predicts exactly what the model outputs. Step 0 reads the token of the
-    last real context frame, or a learned start token when the context is empty; step k reads the
-    token of frame k - 1. A token's input vector is a learned embedding plus a projection of its
+    A token stands for ``frames_per_token`` (P) consecutive frames: the codebook quantises the first
+    ``out_dim`` dimensions of P frames at once (all of them when chroma is predicted), so the head
+    predicts exactly what the model outputs. With P > 1 the decoder takes a decision every P frames
+    and the rollout K / P steps; consecutive frames are so alike that a codebook of twice the entries
+    quantises pairs more finely than single frames (docs/BENCHMARKS.md). Token groups are aligned to the end of
+    the context, which generation and training windows both fill from the right. Step 0 reads the
+    token of the context's last P frames, or a learned start token when any of them is padding; step
+    k reads the token of group k - 1. A token's input vector is a learned embedding plus a projection of its
     centroid, so tokens that sound alike start alike and rare tokens still get a sensible input.
     The backbone state sets the initial hidden state and is added to every step's input, with a
     learned position embedding (the state describes the segment as a whole, not one frame).
@@ -38,7 +42,8 @@ class TokenHead(Head):
     def __init__(self, state_dim: int, feature_dim: int, out_dim: int, segment_frames: int, context_frames: int,
                  n_mfcc: int, codebook_size: int, kmeans_iters: int = 25, kmeans_samples: int = 200_000,
                  seed: int = 0, hidden: int = 128, embed: int = 64, dropout: float = 0.1,
-                 label_smoothing: float = 0.0, quantised_context: bool = False) -> None:
+                 label_smoothing: float = 0.0, quantised_context: bool = False,
+                 frames_per_token: int = 1) -> None:
         super().__init__(state_dim, feature_dim, out_dim, segment_frames, context_frames, n_mfcc)
         for key, value, ok, rule in (
             ("codebook_size", codebook_size, codebook_size >= 2, ">= 2"),
@@ -48,6 +53,9 @@ class TokenHead(Head):
             ("embed", embed, embed >= 1, ">= 1"),
             ("dropout", dropout, 0.0 <= dropout < 1.0, "in [0, 1)"),
             ("label_smoothing", label_smoothing, 0.0 <= label_smoothing < 1.0, "in [0, 1)"),
+            ("frames_per_token", frames_per_token, isinstance(frames_per_token, int) and frames_per_token >= 1
+             and segment_frames % frames_per_token == 0 and context_frames % frames_per_token == 0,
+             f"an int >= 1 dividing segment_frames ({segment_frames}) and context_frames ({context_frames})"),
         ):
             if not ok:
                 raise ValueError(f"model.head.{key} must be {rule}, got {value}")
@@ -55,25 +63,29 @@ class TokenHead(Head):
             raise ValueError(f"out_dim ({out_dim}) cannot exceed feature_dim ({feature_dim})")
         self.kmeans_iters, self.kmeans_samples, self.seed = kmeans_iters, kmeans_samples, seed
         self.label_smoothing, self.quantised_context = label_smoothing, quantised_context
-        self.vocab = codebook_size
+        self.vocab, self.frames_per_token = codebook_size, frames_per_token
+        self.steps = segment_frames // frames_per_token
         self.start_id = codebook_size   # the extra input token of an empty context
-        self.codebook = Codebook(codebook_size, out_dim)
+        self.codebook = Codebook(codebook_size, out_dim * frames_per_token)
         self.token_embed = nn.Embedding(codebook_size + 1, embed)
-        self.centroid_in = nn.Linear(out_dim, embed, bias=False)
-        self.pos_embed = nn.Parameter(torch.zeros(segment_frames, embed))
+        self.centroid_in = nn.Linear(out_dim * frames_per_token, embed, bias=False)
+        self.pos_embed = nn.Parameter(torch.zeros(self.steps, embed))
         self.state_in = nn.Linear(state_dim, embed)
         self.h0 = nn.Linear(state_dim, hidden)
         self.gru = nn.GRU(embed, hidden, batch_first=True)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, codebook_size)
 
-    def prepare(self, frames: torch.Tensor) -> None:
-        """Fit the codebook on normalised training frames [N, feature_dim]; a fitted codebook is kept
-        (fine-tuning and resumed runs must keep the vocabulary the weights were trained on)."""
+    def prepare(self, clips: Sequence[torch.Tensor]) -> None:
+        """Fit the codebook on the groups of P consecutive frames of normalised training clips
+        ([T_i, feature_dim] each); a fitted codebook is kept (fine-tuning and resumed runs must keep
+        the vocabulary the weights were trained on)."""
         if bool(self.codebook.fitted):
             log.info("token head: codebook already fitted, kept")
             return
-        self.codebook.fit(frames[:, : self.out_dim], self.kmeans_iters, self.seed, self.kmeans_samples)
+        p = self.frames_per_token
+        groups = [c[len(c) % p:, : self.out_dim].reshape(-1, p * self.out_dim) for c in clips]
+        self.codebook.fit(torch.cat(groups), self.kmeans_iters, self.seed, self.kmeans_samples)
 
     def read_context(self, context: torch.Tensor) -> torch.Tensor:
         """With ``quantised_context``, the context's predicted dimensions replaced by their centroids:
@@ -82,18 +94,19 @@ class TokenHead(Head):
         training and centroids in generation; checkpoints without the key were trained that way."""
         if not self.quantised_context:
             return context
-        quantised = self.codebook.decode(self._tokens(context))
+        quantised = self._frames(self.codebook.decode(self._tokens(context)))
         return torch.cat([quantised, context[..., self.out_dim:]], dim=-1)
 
     def loss(self, x: HeadInput, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Teacher-forced cross-entropy of the target's tokens; ``bits_per_frame`` is the plain
-        (unsmoothed) cross-entropy in bits, the number to compare across runs and codebooks."""
+        (unsmoothed) cross-entropy in bits per frame (a token's bits / P), the number to compare
+        across runs, codebooks and token lengths."""
         tokens = self._tokens(target)
         logits = self._teacher_forced(x, tokens).flatten(0, 1)
         flat = tokens.flatten()
         loss = F.cross_entropy(logits, flat, label_smoothing=self.label_smoothing)
         ce = loss if self.label_smoothing == 0 else F.cross_entropy(logits.detach(), flat)
-        return {"loss": loss, "bits_per_frame": ce.detach() / math.log(2)}
+        return {"loss": loss, "bits_per_frame": ce.detach() / (math.log(2) * self.frames_per_token)}
 
     def mean(self, x: HeadInput, target: torch.Tensor | None = None) -> torch.Tensor:
         """Expected frame softmax(logits) @ centroids [B, K, out_dim], for the skill metric.
@@ -107,7 +120,7 @@ class TokenHead(Head):
             logits = self._teacher_forced(x, self._tokens(target))
         else:
             logits = self._rollout(x, lambda step_logits: step_logits.argmax(-1))[1]
-        return logits.softmax(-1) @ self.codebook.centroids
+        return self._frames(logits.softmax(-1) @ self.codebook.centroids)
 
     def sample(self, x: HeadInput, sampling: Sampling, noise: Noise) -> torch.Tensor:
         """Sample the next segment token by token: [n, K, out_dim] centroids.
@@ -120,7 +133,7 @@ class TokenHead(Head):
 
         tokens, _ = self._rollout(x, pick)
         n = tokens.shape[0] // 2 if sampling.guidance is not None else tokens.shape[0]
-        return self.codebook.decode(tokens[:n])
+        return self._frames(self.codebook.decode(tokens[:n]))
 
     def next_token(self, logits: torch.Tensor, sampling: Sampling, noise: Noise) -> torch.Tensor:
         """One step's tokens [rows] from its logits [rows, V] (2n rows under guidance: the chosen
@@ -155,13 +168,21 @@ class TokenHead(Head):
             raise RuntimeError("the token head's codebook is not fitted: call prepare(frames) before training")
 
     def _tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """Tokens [..., T / P] of frames [..., T, >= out_dim], T a multiple of P."""
         self._require_fitted()
-        return self.codebook.encode(frames[..., : self.out_dim])
+        x = frames[..., : self.out_dim]
+        return self.codebook.encode(x.reshape(*x.shape[:-2], -1, self.frames_per_token * self.out_dim))
+
+    def _frames(self, groups: torch.Tensor) -> torch.Tensor:
+        """Frames [..., S * P, out_dim] of token-sized vectors [..., S, P * out_dim] (centroids)."""
+        return groups.reshape(*groups.shape[:-2], -1, self.out_dim)
 
     def _start_tokens(self, x: HeadInput) -> torch.Tensor:
-        """[B]: the last real context frame's token, the start token where the context is empty."""
-        tokens = self._tokens(last_frame(x.context, x.mask))
-        return torch.where(x.mask.any(1), tokens, torch.full_like(tokens, self.start_id))
+        """[B]: the token of the context's last P frames, the start token where any of them is padding
+        (contexts are filled from the right, so padding comes first)."""
+        p = self.frames_per_token
+        tokens = self._tokens(x.context[:, -p:])[:, 0]
+        return torch.where(x.mask[:, -p:].all(1), tokens, torch.full_like(tokens, self.start_id))
 
     def _token_inputs(self) -> torch.Tensor:
         """[V + 1, embed]: every token's input vector (the start token has no centroid)."""
@@ -188,11 +209,11 @@ class TokenHead(Head):
         b_ih, b_hh = self.gru.bias_ih_l0, self.gru.bias_hh_l0
         hidden = self.gru.hidden_size
         table = self._token_inputs()
-        gi_fixed = F.linear(self.state_in(x.state)[:, None] + self.pos_embed, w_ih, b_ih)   # [B, K, 3H]
+        gi_fixed = F.linear(self.state_in(x.state)[:, None] + self.pos_embed, w_ih, b_ih)   # [B, K / P, 3H]
         h = torch.tanh(self.h0(x.state))
         tok = self._start_tokens(x)
         tokens, logits = [], []
-        for k in range(self.segment_frames):
+        for k in range(self.steps):
             gi = torch.addmm(gi_fixed[:, k], table[tok], w_ih.T)
             gh = torch.addmm(b_hh, h, w_hh.T)
             r, z = torch.sigmoid(gi[:, :2 * hidden] + gh[:, :2 * hidden]).chunk(2, 1)
