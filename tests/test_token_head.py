@@ -33,6 +33,18 @@ def make_head(out_dim: int = FEATURES, vocab: int = 16, seed: int = 0, **kwargs)
     return head.eval()
 
 
+GROUP_K = 6   # a segment of three pairs
+
+
+def pair_head(**kwargs) -> TokenHead:
+    torch.manual_seed(0)
+    head = TokenHead(state_dim=STATE, feature_dim=FEATURES, out_dim=FEATURES, segment_frames=GROUP_K,
+                     context_frames=C, n_mfcc=4, codebook_size=16, kmeans_iters=10, kmeans_samples=16, hidden=32,
+                     embed=16, dropout=0.0, frames_per_token=2, **kwargs)
+    head.prepare([torch.randn(401, FEATURES, generator=torch.Generator().manual_seed(1))])
+    return head.eval()
+
+
 def head_input(rows: int, seed: int = 0, context: int = C) -> HeadInput:
     g = torch.Generator().manual_seed(seed)
     mask = torch.zeros(rows, C, dtype=torch.bool)
@@ -172,16 +184,18 @@ def test_label_smoothing_leaves_bits_per_frame_unsmoothed() -> None:
     assert not torch.allclose(a["loss"], b["loss"])
 
 
-def test_mean_is_an_expected_centroid_and_the_rollout_matches_teacher_forcing() -> None:
-    head = make_head()
+@pytest.mark.parametrize("make", [make_head, pair_head])
+def test_mean_is_an_expected_centroid_and_the_rollout_matches_teacher_forcing(make) -> None:
+    head = make()
     x = head_input(3)
     greedy = draw(head, x, Sampling(None, 0.0))
     with torch.no_grad():
         rolled, forced = head.mean(x), head.mean(x, target=greedy)
-    assert rolled.shape == (3, K, FEATURES)
+    assert rolled.shape == (3, head.segment_frames, FEATURES)
     # the written-out rollout cell and the teacher-forced nn.GRU are the same network
     assert torch.allclose(rolled, forced, atol=1e-5)
-    lo, hi = head.codebook.centroids.min(0).values, head.codebook.centroids.max(0).values
+    frames = head.codebook.centroids.reshape(-1, FEATURES)
+    lo, hi = frames.min(0).values, frames.max(0).values
     assert ((rolled >= lo - 1e-5) & (rolled <= hi + 1e-5)).all()
 
 
@@ -320,18 +334,6 @@ def test_without_chroma_only_the_predicted_dimensions_are_tokens() -> None:
 
 # --- tokens of several frames -------------------------------------------------------------------
 
-GROUP_K = 6   # a segment of three pairs
-
-
-def pair_head(**kwargs) -> TokenHead:
-    torch.manual_seed(0)
-    head = TokenHead(state_dim=STATE, feature_dim=FEATURES, out_dim=FEATURES, segment_frames=GROUP_K,
-                     context_frames=C, n_mfcc=4, codebook_size=16, kmeans_iters=10, kmeans_samples=16, hidden=32,
-                     embed=16, dropout=0.0, frames_per_token=2, **kwargs)
-    head.prepare([torch.randn(401, FEATURES, generator=torch.Generator().manual_seed(1))])
-    return head.eval()
-
-
 def test_a_token_stands_for_consecutive_frames() -> None:
     head = pair_head()
     assert head.codebook.centroids.shape == (16, 2 * FEATURES)
@@ -341,12 +343,7 @@ def test_a_token_stands_for_consecutive_frames() -> None:
     pairs = out.reshape(3, GROUP_K // 2, 2 * FEATURES)
     assert torch.equal(head.codebook.decode(head.codebook.encode(pairs)), pairs)
     plain = head_input(3)
-    greedy = draw(head, plain, Sampling(None, 0.0))
-    with torch.no_grad():
-        rolled, forced = head.mean(plain), head.mean(plain, target=greedy)
-    assert rolled.shape == (3, GROUP_K, FEATURES)
-    assert torch.allclose(rolled, forced, atol=1e-5)
-    losses = head.loss(plain, greedy)
+    losses = head.loss(plain, draw(head, plain, Sampling(None, 0.0)))
     assert torch.allclose(losses["bits_per_frame"], losses["loss"].detach() / (2 * math.log(2)))
 
 
