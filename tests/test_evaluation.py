@@ -243,7 +243,13 @@ def test_evaluate_py_end_to_end(tmp_path, smoke_run):
     assert set(results["metrics"]["fad"]["baselines"]) == {"floor_train_vs_test", "train_same_size",
                                                            "train_same_size_resynthesised", "white_noise"}
     assert results["sampling"]["guidance"] == results["metrics"]["prompt_adherence"]["details"]["guidance"]
-    assert len(results["metrics"]["prompt_adherence"]["details"]["labels"]) == 2
+    adherence = results["metrics"]["prompt_adherence"]
+    assert len(adherence["details"]["labels"]) == 2
+    heard_as = adherence["details"]["heard_as"]   # one prompt per label, heard as some instrument
+    assert set(heard_as) == set(adherence["details"]["labels"])
+    assert all(sum(heard.values()) == 1 and set(heard) <= set(adherence["details"]["classes"])
+               for heard in heard_as.values())
+    assert adherence["value"] == sum(heard.get(label, 0) for label, heard in heard_as.items()) / 2
     assert results["data"]["config_from"].endswith(".hydra/config.yaml")
     assert "prompt_adherence" in out.stdout and "metrics.json" in out.stdout
     assert (out_dir / "rtf").is_dir() and len(results["metrics"]["rtf"]["details"]["wall_seconds"]) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -185,18 +186,22 @@ class Evaluation:
         labels = self.prompt_labels(clf.classes)
         test_acc = clf.accuracy(self.frames(self.test_ids), self.labels(self.test_ids))
         resynth_acc = clf.accuracy([self._resynth(i).extracted for i in self.eval_ids], self.labels(self.eval_ids))
-        acc = {}
+        acc, heard_as = {}, {}
         for g in (0.0, self.guidance):
             samples = prompt_samples(self.gen, labels, g, self.s.num_prompts, self.s.seconds, self.audio_path,
                                      self.sampling, self.s.seed, self.samples_dir("prompts"))
-            acc[g] = clf.accuracy([x.extracted for x in samples], [x.label for x in samples])
+            extracted = [x.extracted for x in samples]
+            acc[g] = clf.accuracy(extracted, [x.label for x in samples])
             if g == self.guidance:
                 self.generated += samples
+                for x, heard in zip(samples, clf.predict(extracted)):   # which instrument each prompt sounded like
+                    heard_as.setdefault(x.label, Counter())[heard] += 1
         chance = 1.0 / len(clf.classes)
         baselines = {"guidance_0": acc[0.0], "chance": chance, "classifier_real_test": test_acc,
                      "classifier_resynth_test": resynth_acc}
         details = {"guidance": self.guidance, "classes": clf.classes, "labels": labels,
-                   "per_label": self.s.num_prompts, "prompts": "musegen.eval.prompts (held out)"}
+                   "per_label": self.s.num_prompts, "prompts": "musegen.eval.prompts (held out)",
+                   "heard_as": {label: dict(c) for label, c in heard_as.items()}}
         return _entry(acc[self.guidance], baselines, chance=chance, details=details, name="prompt_adherence")
 
     def _resynth(self, i: int, synthesis: str | None = None) -> Sample:
