@@ -19,7 +19,7 @@ import json
 
 import numpy as np
 import torch
-from common import machine
+from common import generate_each, machine
 
 import musegen
 from musegen.apps.errors import user_errors
@@ -125,7 +125,7 @@ def report(args: argparse.Namespace) -> None:
                     forced.add(int(runs[t + j - 1]), float(changes))
     prompts = list(HELD_OUT_PROMPTS[:: max(1, len(HELD_OUT_PROMPTS) // args.prompts)][: args.prompts])
     generated = Hazard()
-    for frames in model.generate(prompts, duration=args.seconds, progress=False, **sampling).frames:
+    for frames in generate_each(model, prompts, duration=args.seconds, **sampling)[1]:
         generated.add_sequence(classes(torch.as_tensor(frames)).numpy())
     print(json.dumps({"what": "pitch_class_hazard", "machine": machine(),
                       "settings": {"ckpt": args.ckpt, "clips_every": args.every, "prompts": len(prompts),

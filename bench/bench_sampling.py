@@ -13,7 +13,7 @@ import argparse
 import json
 import statistics
 
-from common import machine
+from common import generate_each, machine
 
 import musegen
 from musegen.apps.errors import user_errors
@@ -43,10 +43,10 @@ def run(args: argparse.Namespace) -> None:
     prompts = list(HELD_OUT_PROMPTS[:: max(1, len(HELD_OUT_PROMPTS) // args.prompts)][: args.prompts])
     rows = []
     for temperature, top_k, top_p, min_p in GRID:
-        music = model.generate(prompts, duration=args.seconds, temperature=temperature, top_k=top_k, top_p=top_p,
-                               min_p=min_p, progress=False)
+        waveforms, frames_each = generate_each(model, prompts, duration=args.seconds, temperature=temperature,
+                                               top_k=top_k, top_p=top_p, min_p=min_p)
         stats = []
-        for y, frames, prompt in zip(music.waveforms, music.frames, prompts):
+        for y, frames, prompt in zip(waveforms, frames_each, prompts):
             instrument = find_instrument(prompt)
             notes = musegen_notes(frames, features, instrument.name if instrument else None)
             stats.append({**realism.note_statistics(notes, args.seconds),

@@ -20,3 +20,17 @@ def machine() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "loadavg_1m": os.getloadavg()[0],
     }
+
+
+def generate_each(model, prompts: list[str], **kwargs) -> tuple[list, list]:
+    """(waveforms, frames) of one ``model.generate`` call per prompt, prompt i with seed i.
+
+    A batched call gives every prompt the call's seed, so all its prompts would draw the same
+    sampling noise and their figures would move together; one stream per prompt keeps them independent.
+    """
+    waveforms, frames = [], []
+    for i, prompt in enumerate(prompts):
+        music = model.generate(prompt, seed=i, progress=False, **kwargs)
+        waveforms.append(music.waveforms[0])
+        frames.append(music.frames[0])
+    return waveforms, frames
