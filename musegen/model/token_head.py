@@ -165,7 +165,7 @@ class TokenHead(Head):
 
     def _require_fitted(self) -> None:
         if not bool(self.codebook.fitted):
-            raise RuntimeError("the token head's codebook is not fitted: call prepare(frames) before training")
+            raise RuntimeError("the token head's codebook is not fitted: call prepare(clips) before training")
 
     def _tokens(self, frames: torch.Tensor) -> torch.Tensor:
         """Tokens [..., T / P] of frames [..., T, >= out_dim], T a multiple of P."""
@@ -197,8 +197,8 @@ class TokenHead(Head):
         return self.out(self.drop(out))
 
     def _rollout(self, x: HeadInput, pick: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the decoder K steps, each reading the token ``pick`` chose from the step before:
-        (tokens [B, K], logits [B, K, V]).
+        """Run the decoder K / P steps, each reading the token ``pick`` chose from the step before:
+        (tokens [B, K / P], logits [B, K / P, V]).
 
         The GRU cell is written out (the same equations and weights as ``self.gru``) so that the
         state and position part of every step's input projection is computed once per segment:
