@@ -89,7 +89,10 @@ def _check_format(ckpt: Any, path: Path) -> None:
 def load_model(path: str | Path) -> MuseModel:
     """The trained model from a checkpoint file alone, for inference, in eval mode (no Lightning)."""
     ckpt = read_checkpoint(path)
-    model = MuseModel(**architecture(ckpt["hyper_parameters"]))
+    try:
+        model = MuseModel(**architecture(ckpt["hyper_parameters"]))
+    except ValueError as err:   # hyper-parameters this musegen cannot build (another version's)
+        raise CheckpointError(f"checkpoint {path}: {err}") from None
     prefix = "model."
     model.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
     return model.eval()

@@ -155,6 +155,21 @@ def test_generate_refuses_a_tampered_checkpoint_without_suggesting_to_trust_it(t
                     f"ckpt={tampered}", f"out={tmp_path / 'out'}") == set()
 
 
+def test_generate_names_what_a_checkpoint_of_another_version_has_that_this_one_lacks(tmp_path, smoke_run):
+    """Head settings this musegen does not know used to end in Hydra's wrapped TypeError and a traceback."""
+    ckpt = torch.load(smoke_run["ckpt"], weights_only=True)
+    ckpt["hyper_parameters"]["head"]["colour"] = 1
+    other = tmp_path / "other-version.ckpt"
+    torch.save(ckpt, other)
+    assert _refused("generate.py", tmp_path, rf"checkpoint {other}: model\.head: \S+ has no setting colour; "
+                    r"its settings are ", f"ckpt={other}", f"out={tmp_path / 'out'}") == set()
+
+
+def test_train_names_a_head_setting_that_does_not_exist(tmp_path):
+    assert _refused("train.py", tmp_path, r"model\.head: \S+ has no setting colour", "experiment=smoke",
+                    "+model.head.colour=1", "run_name=typo") == set()
+
+
 @pytest.mark.parametrize("override, message", [
     ("duration=abc", r"duration='abc': must be a number"),
     ("guidance=abc", r"guidance='abc': must be a number or null"),

@@ -191,6 +191,17 @@ def test_mse_head_samples_with_noise_scaled_by_the_residual_and_temperature():
     assert 0.8 < float((noisy - mean).std()) < 1.2  # 0.5 * 2
 
 
+@pytest.mark.parametrize(("config", "message"), [
+    ({"_target_": "musegen.model.token_head.TokenHead", "codebook_size": 8, "colour": 1},
+     r"model\.head: musegen\.model\.token_head\.TokenHead has no setting colour; its settings are codebook_size"),
+    ({"_target_": "musegen.model.nowhere.Head"}, r"'musegen\.model\.nowhere\.Head': no such head"),
+])
+def test_a_head_config_this_musegen_cannot_build_is_a_value_error_naming_it(config, message) -> None:
+    """A config or checkpoint of another version used to escape as Hydra's wrapped TypeError (a traceback)."""
+    with pytest.raises(ValueError, match=message):
+        build_head(config, state_dim=4, feature_dim=32, out_dim=32, segment_frames=4, context_frames=8, n_mfcc=20)
+
+
 def test_a_quantised_context_token_model_reads_real_frames_as_their_centroids() -> None:
     """Training reads the context as generation feeds it back: a window of real frames and the same
     window replaced by its codebook centroids give the backbone the same input, so the same state."""

@@ -6,6 +6,7 @@ without Lightning, whose import alone takes longer than generating 30 s of music
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -116,10 +117,22 @@ def build_head(config: dict[str, Any], **dims: int) -> Head:
     target = str(config.get("_target_", ""))
     if not target.startswith(HEAD_NAMESPACE):
         raise ValueError(f"model.head._target_ must name a head in {HEAD_NAMESPACE}*, got {target!r}")
+    module, _, name = target.rpartition(".")
+    try:
+        settings = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    except (ImportError, AttributeError):
+        raise ValueError(f"model.head._target_ {target!r}: no such head in this musegen") from None
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in settings.values())
+    unknown = [] if takes_any else sorted(set(config) - {"_target_"} - set(settings))
+    if unknown:   # a config or checkpoint of another version: one line, not the constructor's TypeError
+        raise ValueError(f"model.head: {target} has no setting {', '.join(unknown)}; "
+                         f"its settings are {', '.join(k for k in settings if k not in dims)}")
     try:
         head = instantiate(config, **dims, _convert_="all")
     except InstantiationException as err:  # a head's own check (a ValueError naming the key) as it is
-        raise (err.__cause__ if isinstance(err.__cause__, ValueError) else err) from None
+        if isinstance(err.__cause__, ValueError):
+            raise err.__cause__ from None
+        raise
     if not isinstance(head, Head):
         raise ValueError(f"model.head._target_ {target!r} is not a musegen.model.heads.Head")
     return head
