@@ -1,6 +1,6 @@
-"""Sampling settings against the music they give: for each (temperature, top_k, top_p, min_p), the median
-transcribed note length and notes per second of the generated frames (transcribed as evaluate.py's
-`realism` does), and the onsets per second and chroma change of the written audio
+"""Sampling settings against the music they give: for each (temperature, top_k, top_p, min_p,
+pitch_temperature), the median transcribed note length and notes per second of the generated frames
+(transcribed as evaluate.py's `realism` does), and the onsets per second and chroma change of the written audio
 (musegen.eval.realism), held-out prompts from a neutral start, all in one run. The references (the
 test clips' ground-truth MIDI and resynthesised audio) are evaluate.py's `realism` metric; this
 compares settings quickly.
@@ -22,8 +22,10 @@ from musegen.eval.harness import musegen_notes
 from musegen.eval.prompts import HELD_OUT_PROMPTS
 from musegen.instruments import find_instrument
 
-GRID = ((1.0, 250, None, None), (0.9, 250, None, None), (1.0, 250, 0.95, None), (1.0, 250, 0.9, None),
-        (1.0, 250, None, 0.003), (1.0, 250, None, 0.006), (1.0, 250, None, 0.01), (1.0, 250, None, 0.02))
+GRID = ((1.0, 250, None, None, None), (0.9, 250, None, None, None), (1.0, 250, 0.95, None, None),
+        (1.0, 250, 0.9, None, None), (1.0, 250, None, 0.003, None), (1.0, 250, None, 0.006, None),
+        (1.0, 250, None, 0.01, None), (1.0, 250, None, 0.02, None), (1.0, 250, None, None, 0.9),
+        (1.0, 250, None, None, 0.8), (1.0, 250, None, None, 0.6))
 
 
 def main() -> None:
@@ -42,9 +44,10 @@ def run(args: argparse.Namespace) -> None:
     features = model.generator.features
     prompts = list(HELD_OUT_PROMPTS[:: max(1, len(HELD_OUT_PROMPTS) // args.prompts)][: args.prompts])
     rows = []
-    for temperature, top_k, top_p, min_p in GRID:
+    for temperature, top_k, top_p, min_p, pitch_temperature in GRID:
         waveforms, frames_each = generate_each(model, prompts, duration=args.seconds, temperature=temperature,
-                                               top_k=top_k, top_p=top_p, min_p=min_p)
+                                               top_k=top_k, top_p=top_p, min_p=min_p,
+                                               pitch_temperature=pitch_temperature)
         stats = []
         for y, frames, prompt in zip(waveforms, frames_each, prompts):
             instrument = find_instrument(prompt)
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> None:
             stats.append({**realism.note_statistics(notes, args.seconds),
                           **realism.descriptors(y, features.sample_rate, features)})
         rows.append({"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
+                     "pitch_temperature": pitch_temperature,
                      **{k: round(statistics.median(s[k] for s in stats), 3)
                         for k in ("median_note_seconds", "notes_per_second", "onsets_per_second", "chroma_change")}})
     print(json.dumps({"what": "sampling_settings", "machine": machine(),

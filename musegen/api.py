@@ -97,8 +97,8 @@ class MusicModel:
         self, prompts: str | Sequence[str | None] | None = None, duration: float = 10.0, *,
         lyrics: str | Sequence[str | None] | None = None, audio: str | Path | Sequence[str | Path | None] | None = None,
         guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
-        top_p: float | None = None, min_p: float | None = None, seed: int = 0, num_samples: int = 1,
-        progress: bool | ProgressFn = True,
+        top_p: float | None = None, min_p: float | None = None, pitch_temperature: float | None = None,
+        seed: int = 0, num_samples: int = 1, progress: bool | ProgressFn = True,
     ) -> Music:
         """Music for one prompt or a list of prompts, all in one batched rollout.
 
@@ -110,7 +110,8 @@ class MusicModel:
         """
         result = self.generator.generate(prompt=prompts, lyrics=lyrics, audio=audio, duration=duration,
                                          guidance=guidance, temperature=temperature, top_k=top_k, top_p=top_p,
-                                         min_p=min_p, seed=seed, num_samples=num_samples, progress=progress)
+                                         min_p=min_p, pitch_temperature=pitch_temperature, seed=seed,
+                                         num_samples=num_samples, progress=progress)
         start = time.perf_counter()
         rendered = render(result.frames, result.features, self.renderer, self.export, duration,
                           [item["prompt"] for item in result.items])

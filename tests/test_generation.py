@@ -82,6 +82,7 @@ def test_generate_files_writes_audio_mp3_midi_and_sidecar(tmp_path, smoke_run):
     ({"guidance": -1}, ValueError, "guidance"),
     ({"min_p": 1.0}, ValueError, "min_p must be in"),
     ({"min_p": -0.1}, ValueError, "min_p must be in"),
+    ({"pitch_temperature": -0.5}, ValueError, "pitch_temperature must be >= 0"),
 ])
 def test_bad_arguments_fail_before_writing(tmp_path, smoke_run, overrides, error, match):
     with pytest.raises(error, match=match):

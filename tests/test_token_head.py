@@ -377,3 +377,53 @@ def test_the_codebook_learns_groups_inside_clips_only() -> None:
     centroids = sorted(head.codebook.centroids.tolist())
     assert centroids == [[0.0] * 2 * FEATURES, [1.0] * 2 * FEATURES]
 
+
+
+def _class_logits(head: TokenHead, class_probs: list[float], rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [rows, V] whose pitch classes have ``class_probs`` and whose tokens within a class
+    have probabilities 1, 2, 3, ... in proportion; with the classes [V]."""
+    classes = head.pitch_classes()
+    weights = torch.zeros(head.vocab)
+    for c, p in enumerate(class_probs):
+        members = (classes == c).nonzero().flatten()
+        if len(members):
+            w = torch.arange(1, len(members) + 1, dtype=torch.float)
+            weights[members] = p * w / w.sum()
+    return (weights / weights.sum()).log().expand(rows, -1), classes
+
+
+def test_pitch_temperature_tempers_the_class_and_keeps_the_timbre_within_it() -> None:
+    head = make_head()
+    classes = head.pitch_classes()
+    present = sorted(set(classes.tolist()))
+    assert len(present) >= 2 and classes.shape == (head.vocab,)
+    probs = [0.0] * (FEATURES - 4)
+    probs[present[0]], probs[present[1]] = 0.7, 0.3
+    rows = 20000
+    logits, classes = _class_logits(head, probs, rows)
+    drawn = head.next_token(logits, Sampling(None, 1.0, pitch_temperature=0.5), Noise(range(rows)))
+    first = (classes[drawn] == present[0]).float().mean().item()
+    assert abs(first - 0.49 / (0.49 + 0.09)) < 0.02       # p(class) ** (1 / 0.5), renormalised
+    members = (classes == present[0]).nonzero().flatten()
+    if len(members) > 1:   # within the class the proportions stay those of temperature 1
+        counts = torch.stack([(drawn == m).sum() for m in members]).float()
+        expected = torch.arange(1, len(members) + 1, dtype=torch.float)
+        assert torch.allclose(counts / counts.sum(), expected / expected.sum(), atol=0.03)
+    plain = head.next_token(logits, Sampling(None, 1.0), Noise(range(rows)))
+    assert abs((classes[plain] == present[0]).float().mean().item() - 0.7) < 0.02
+    same = head.next_token(logits, Sampling(None, 1.0, pitch_temperature=1.0), Noise(range(rows)))
+    assert (same == plain).float().mean() > 0.999   # equal temperatures: plain sampling (up to rounding)
+    greedy = head.next_token(logits, Sampling(None, 1.0, pitch_temperature=0.0), Noise(range(rows)))
+    assert set(classes[greedy].tolist()) == {present[0]}
+
+
+def test_pitch_temperature_applies_after_guidance_and_needs_chroma() -> None:
+    head = make_head()
+    n = 4000
+    logits, classes = _class_logits(head, [0.25] * (FEATURES - 4), n)
+    drawn = head.next_token(torch.cat([logits, logits]), Sampling(3.0, 1.0, pitch_temperature=0.0), Noise(range(n)))
+    assert torch.equal(drawn[:n], drawn[n:]) and len(set(classes[drawn].tolist())) == 1
+    mfcc_only = make_head(out_dim=4)
+    with pytest.raises(ValueError, match="pitch_temperature needs a model that predicts chroma"):
+        mfcc_only.next_token(torch.zeros(3, mfcc_only.vocab), Sampling(None, 1.0, pitch_temperature=0.5),
+                             Noise([0, 1, 2]))

@@ -40,6 +40,7 @@ class Sampling:
     top_k: int | None = None
     top_p: float | None = None
     min_p: float | None = None
+    pitch_temperature: float | None = None
 
 
 class Noise:

@@ -4,7 +4,8 @@ Groups of consecutive frames are quantised to a k-means codebook (musegen.model.
 unidirectional GRU, started from the backbone's state, predicts the next segment's tokens one
 group at a time, each step reading the previous group's token. It defines a distribution over what comes next and
 samples from it with the usual language-model controls: temperature, top-k, top-p and min-p
-truncation and classifier-free guidance on the log-probabilities.
+truncation and classifier-free guidance on the log-probabilities, and a temperature of its own for
+the choice of pitch class.
 """
 from __future__ import annotations
 
@@ -160,8 +161,38 @@ class TokenHead(Head):
         if sampling.temperature == 0:
             tok = logp.argmax(-1)
         else:
-            tok = _sample_from(logp / sampling.temperature, sampling.top_k, sampling.top_p, noise)
+            tok = _sample_from(self._tempered(logp, sampling), sampling.top_k, sampling.top_p, noise)
         return torch.cat([tok, tok]) if sampling.guidance is not None else tok
+
+    def _tempered(self, logp: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+        """Log-probabilities [rows, V] divided by the temperature, or, with ``pitch_temperature``,
+        factorised into the choice of a pitch class and the choice of a token within it, each
+        with its own temperature: log p(class) / pitch_temperature + log p(token | class) / temperature.
+
+        Note length and timbre pull one temperature in opposite directions: a cooler sampler
+        holds notes longer but settles into an average timbre that no longer sounds like the
+        prompted instrument (docs/BENCHMARKS.md). The classes are ``pitch_classes``; 0 keeps the
+        likeliest class and samples the token within it; equal to ``temperature`` it is plain sampling.
+        """
+        if sampling.pitch_temperature is None:
+            return logp / sampling.temperature
+        logp = logp.log_softmax(-1)   # a guided combination is not normalised
+        classes = self.pitch_classes()
+        mass = torch.zeros(logp.shape[0], self.out_dim - self.n_mfcc, dtype=logp.dtype, device=logp.device)
+        class_logp = mass.index_add_(1, classes, logp.exp()).log()   # [rows, chroma bins]
+        within = torch.where(torch.isfinite(logp), logp - class_logp[:, classes], -math.inf)
+        if sampling.pitch_temperature == 0:
+            best = class_logp.argmax(-1, keepdim=True)
+            return torch.where(classes == best, within / sampling.temperature, -math.inf)
+        return class_logp[:, classes] / sampling.pitch_temperature + within / sampling.temperature
+
+    def pitch_classes(self) -> torch.Tensor:
+        """[V]: each token's pitch class, the chroma bin of its centroid (summed over its P frames)
+        that stands highest above its training mean, in normalised units."""
+        if self.out_dim <= self.n_mfcc:
+            raise ValueError("pitch_temperature needs a model that predicts chroma (model.predict_chroma=true)")
+        chroma = self.codebook.centroids.reshape(self.vocab, self.frames_per_token, self.out_dim)[..., self.n_mfcc:]
+        return chroma.sum(1).argmax(-1)
 
     def _require_fitted(self) -> None:
         if not bool(self.codebook.fitted):
