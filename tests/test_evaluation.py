@@ -13,6 +13,7 @@ from conftest import run_script
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from musegen.apps.evaluate import build_datamodule, training_data_config
 from musegen.audio import Synthesizer
 from musegen.eval.baselines import argmax_notes, linear_skill, pyin_notes
 from musegen.eval.harness import AudioPath, next_segment_skill, prompt_samples
@@ -29,7 +30,8 @@ from musegen.eval.metrics import (
     rtf,
     skill,
 )
-from musegen.eval.run import METRICS, EvalSettings
+from musegen.eval.realism import note_statistics
+from musegen.eval.run import METRICS, EvalSettings, Evaluation
 from musegen.features import FeatureConfig, extract
 from musegen.generation import Generator
 from musegen.model.heads import last_frame
@@ -260,6 +262,7 @@ def test_evaluate_py_end_to_end(tmp_path, smoke_run):
     assert long_labels and set(realism["long_generation"]["per_label"]) == set(long_labels)
     assert realism["notes"]["ground_truth_midi"]["notes_per_second"] > 0
     assert realism["notes"]["test_frames_transcribed"]["median_note_seconds"] > 0
+    assert realism["notes"]["clips"]["test_clips_with_midi"] == results["data"]["test_clips"]
     # the checkpoint's model card now shows these figures beside their baselines
     card = (smoke_run["ckpt"].parent / CARD_FILE).read_text()
     assert str((out_dir / "metrics.json").resolve()) in card and "Not evaluated yet" not in card
@@ -291,3 +294,21 @@ def test_prompt_samples_draw_each_sample_from_its_own_stream(smoke_run):
     assert [s.label for s in samples] == ["piano", "piano", "violin", "violin"]
     again = prompt_samples(gen, labels, 3.0, 2, 1.0, path, seed=5)   # the same streams: paired calls
     assert all(np.array_equal(a.frames, b.frames) for a, b in zip(samples, again))
+
+
+def test_note_references_read_every_test_clip_not_only_the_evaluated_ones(tmp_path, smoke_run):
+    """The ground-truth note rate and length came from the evaluated subset alone (16 clips by
+    default), whose median moved with which clips were drawn; they now read every test clip."""
+    gen = Generator.from_checkpoint(smoke_run["ckpt"], device="cpu")
+    data = {**training_data_config(smoke_run["ckpt"]), "val_fraction": 0.1, "test_fraction": 0.5}
+    dm = build_datamodule(data, gen)
+    export = instantiate(OmegaConf.load(CONF / "export" / "default.yaml"))
+    evaluation = Evaluation(gen, dm, EvalSettings(**{**SETTINGS, "max_labels": 1}), Synthesizer(gen.features, n_iter=2),
+                            export, tmp_path)
+    assert len(evaluation.test_ids) > len(evaluation.eval_ids) == 2
+    notes = evaluation.realism()["details"]["notes"]
+    assert notes["clips"]["test_clips_with_midi"] == len(evaluation.test_ids)
+    spans = [len(evaluation.clip_audio(i)) / gen.features.sample_rate for i in evaluation.test_ids]
+    truth = [note_statistics(midi_notes(dm.cache.midi[i], span), span)["notes_per_second"]
+             for i, span in zip(evaluation.test_ids, spans)]
+    assert notes["ground_truth_midi"]["notes_per_second"] == pytest.approx(float(np.median(truth)))
