@@ -23,14 +23,10 @@ def machine() -> dict:
 
 
 def generate_each(model, prompts: list[str], **kwargs) -> tuple[list, list]:
-    """(waveforms, frames) of one ``model.generate`` call per prompt, prompt i with seed i.
+    """(waveforms, frames) of the prompts in one batched ``model.generate`` call, prompt i with seed i.
 
-    A batched call gives every prompt the call's seed, so all its prompts would draw the same
-    sampling noise and their figures would move together; one stream per prompt keeps them independent.
+    One seed for the whole call would give every prompt the same random stream, so their figures
+    would move together; a seed per prompt keeps them independent.
     """
-    waveforms, frames = [], []
-    for i, prompt in enumerate(prompts):
-        music = model.generate(prompt, seed=i, progress=False, **kwargs)
-        waveforms.append(music.waveforms[0])
-        frames.append(music.frames[0])
-    return waveforms, frames
+    music = model.generate(prompts, seed=list(range(len(prompts))), progress=False, **kwargs)
+    return list(music.waveforms), list(music.frames)

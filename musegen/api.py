@@ -98,13 +98,13 @@ class MusicModel:
         lyrics: str | Sequence[str | None] | None = None, audio: str | Path | Sequence[str | Path | None] | None = None,
         guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
         top_p: float | None = None, min_p: float | None = None, pitch_temperature: float | None = None,
-        seed: int = 0, num_samples: int = 1, progress: bool | ProgressFn = True,
+        seed: int | Sequence[int] = 0, num_samples: int = 1, progress: bool | ProgressFn = True,
     ) -> Music:
         """Music for one prompt or a list of prompts, all in one batched rollout.
 
-        ``lyrics`` and ``audio`` (a reference file to continue) are one value for every prompt or a
-        list with one per prompt; each prompt gets ``num_samples`` variations (seeds seed, seed + 1,
-        ...); sampling settings left None take the checkpoint's defaults for its head; ``progress`` is a
+        ``lyrics``, ``audio`` (a reference file to continue) and ``seed`` are one value for every
+        prompt or a list with one per prompt; each prompt gets ``num_samples`` variations (its seed,
+        seed + 1, ...); sampling settings left None take the checkpoint's defaults for its head; ``progress`` is a
         bar (True) or a function called with (segments done, segments in all). Same arguments, same
         samples.
         """

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -139,14 +140,16 @@ class Generator:
         audio: str | Path | None | Sequence[str | Path | None] = None, duration: float = 20.0,
         guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
         top_p: float | None = None, min_p: float | None = None, pitch_temperature: float | None = None,
-        seed: int = 0, num_samples: int = 1, progress: bool | ProgressFn = False,
+        seed: int | Sequence[int] = 0, num_samples: int = 1, progress: bool | ProgressFn = False,
     ) -> GenerationResult:
         """Frames for `duration` seconds per item, all items in one batched rollout.
 
         ``prompt`` is one prompt or a list of them; ``lyrics`` and ``audio`` (a reference to continue)
-        are one value for all prompts or a list with one per prompt. Each prompt gets ``num_samples``
-        variations, variation j drawn with seed ``seed + j`` from its own random stream, so an item's
-        frames are those of a call with that prompt alone. Steered by the text with classifier-free
+        are one value for all prompts or a list with one per prompt, and so is ``seed``. Each prompt
+        gets ``num_samples`` variations, variation j drawn with its seed + j from its own random
+        stream, so an item's frames are those of a call with that prompt and seed alone (one seed for
+        every prompt gives each prompt the same random stream: a batch of prompts then differs only
+        in its text). Steered by the text with classifier-free
         guidance (musegen.model.conditioning: 0 ignores the text, 1 is the conditional model, larger
         values push further towards it); sampling settings left None take the checkpoint's defaults.
         ``progress``: a bar (True) or a function called with (segments done, segments in all).
@@ -165,7 +168,9 @@ class Generator:
             frames = self._roll_out([t for t, _ in texts], [refs[a] for _, _, a, _ in items],
                                     self.num_frames(duration), sampling, [s for *_, s in items], progress)
         meta = {
-            "duration": duration, **sampling, "seed": seed, "num_samples": num_samples,
+            "duration": duration, **sampling,
+            "seed": int(seed) if isinstance(seed, numbers.Integral) else [int(s) for s in seed],
+            "num_samples": num_samples,
             "frames": int(frames.shape[1]),
             "conditioning_seconds": conditioned - start,  # text encoder (loaded on first use), reference features
             "generation_seconds": time.perf_counter() - start,
@@ -206,15 +211,16 @@ class Generator:
 
 
 def batch_items(prompt: str | None | Sequence[str | None], lyrics: str | None | Sequence[str | None],
-                audio: str | Path | None | Sequence[str | Path | None], seed: int, num_samples: int) -> list[Item]:
-    """The items of a generation call: each prompt with its lyrics and reference, num_samples times
-    (seeds seed, seed + 1, ...). A single value of lyrics or audio goes with every prompt."""
+                audio: str | Path | None | Sequence[str | Path | None], seed: int | Sequence[int],
+                num_samples: int) -> list[Item]:
+    """The items of a generation call: each prompt with its lyrics, reference and seed, num_samples
+    times (seeds s, s + 1, ...). A single value of lyrics, audio or seed goes with every prompt."""
     prompts = [prompt] if prompt is None or isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise ValueError("prompt: an empty list; give a prompt, a list of prompts or null")
 
     def per_prompt(name: str, value: Any) -> list[Any]:
-        if value is None or isinstance(value, (str, Path)):
+        if value is None or isinstance(value, (str, Path, numbers.Integral)):
             return [value] * len(prompts)
         values = list(value)
         if len(values) != len(prompts):
@@ -226,5 +232,10 @@ def batch_items(prompt: str | None | Sequence[str | None], lyrics: str | None | 
         if p is not None and not isinstance(p, str):
             raise ValueError(f"prompt: {p!r} is not text")
     refs = [None if a is None else Path(a) for a in per_prompt("audio", audio)]
-    return [(p, lyr, a, seed + j) for p, lyr, a in zip(prompts, per_prompt("lyrics", lyrics), refs)
+    seeds = per_prompt("seed", seed)
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+            raise ValueError(f"seed: {s!r} is not an integer")
+    seeds = [int(s) for s in seeds]
+    return [(p, lyr, a, s + j) for p, lyr, a, s in zip(prompts, per_prompt("lyrics", lyrics), refs, seeds)
             for j in range(num_samples)]

@@ -76,3 +76,16 @@ def test_unusable_reference_audio_is_named(model, tmp_path):
     broken.write_bytes(b"not audio")
     with pytest.raises(AudioError, match="broken.wav"):
         model.generate("calm piano", duration=1.0, audio=broken)
+
+
+def test_a_seed_per_prompt_gives_each_prompt_its_own_stream(model):
+    prompts = ["calm piano melody", "calm piano melody"]
+    music = model.generate(prompts, duration=1.0, seed=[7, 11], num_samples=2, progress=False)
+    assert [m["seed"] for m in music.metadata] == [7, 8, 11, 12]
+    alone = model.generate("calm piano melody", duration=1.0, seed=11, progress=False)
+    np.testing.assert_allclose(music.frames[2], alone.frames[0], atol=1e-4)
+    assert not np.allclose(music.frames[0], music.frames[2])   # one prompt twice, two streams
+    with pytest.raises(ValueError, match="seed: 1 values for 2 prompts"):
+        model.generate(prompts, duration=1.0, seed=[1], progress=False)
+    with pytest.raises(ValueError, match="seed: 1.5 is not an integer"):
+        model.generate(prompts, duration=1.0, seed=[1, 1.5], progress=False)

@@ -294,6 +294,9 @@ def test_prompt_samples_draw_each_sample_from_its_own_stream(smoke_run):
     assert [s.label for s in samples] == ["piano", "piano", "violin", "violin"]
     again = prompt_samples(gen, labels, 3.0, 2, 1.0, path, seed=5)   # the same streams: paired calls
     assert all(np.array_equal(a.frames, b.frames) for a, b in zip(samples, again))
+    # a label's samples come from one batched call, each with the frames of its prompt and seed alone
+    alone = gen.generate(prompt=samples[3].meta["prompt"], duration=1.0, guidance=3.0, seed=8).frames[0]
+    np.testing.assert_allclose(samples[3].frames, alone, atol=1e-4)
 
 
 def test_note_references_read_every_test_clip_not_only_the_evaluated_ones(tmp_path, smoke_run):

@@ -168,10 +168,11 @@ def prompt_samples(
     for i, label in enumerate(labels):
         wordings = prompts_for(label)
         name = label.replace("_", "-").lower()
-        for j in range(n_per_label):
-            prompt, item_seed = wordings[j % len(wordings)], seed + i * n_per_label + j
-            frames = generator.generate(prompt=prompt, duration=duration, guidance=guidance, seed=item_seed,
-                                        **(sampling or {})).frames[0]
+        prompts = [wordings[j % len(wordings)] for j in range(n_per_label)]
+        seeds = [seed + i * n_per_label + j for j in range(n_per_label)]
+        result = generator.generate(prompt=prompts, duration=duration, guidance=guidance, seed=seeds,
+                                    **(sampling or {}))
+        for j, (prompt, item_seed, frames) in enumerate(zip(prompts, seeds, result.frames)):
             where = Path(out_dir) / f"g{guidance:g}-{name}-{j}" if out_dir else None
             s = audio_path.render(frames, duration, register_for(label), path=where, label=label)
             s.meta.update(prompt=prompt, guidance=guidance, seed=item_seed)
