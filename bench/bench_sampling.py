@@ -1,7 +1,7 @@
 """Sampling settings against the music they give: for each (temperature, top_k, top_p, min_p,
 pitch_temperature), the median transcribed note length and notes per second of the generated frames
-(transcribed as evaluate.py's `realism` does), and the onsets per second and chroma change of the written audio
-(musegen.eval.realism), held-out prompts from a neutral start, all in one run. The references (the
+(transcribed as evaluate.py's `realism` does), and the onsets per second and chroma change of the
+written audio (musegen.eval.realism), held-out prompts from a neutral start, all in one run. The references (the
 test clips' ground-truth MIDI and resynthesised audio) are evaluate.py's `realism` metric; this
 compares settings quickly.
 

@@ -104,9 +104,9 @@ class MusicModel:
 
         ``lyrics``, ``audio`` (a reference file to continue) and ``seed`` are one value for every
         prompt or a list with one per prompt; each prompt gets ``num_samples`` variations (its seed,
-        seed + 1, ...); sampling settings left None take the checkpoint's defaults for its head; ``progress`` is a
-        bar (True) or a function called with (segments done, segments in all). Same arguments, same
-        samples.
+        seed + 1, ...); sampling settings left None take the checkpoint's defaults for its head;
+        ``progress`` is a bar (True) or a function called with (segments done, segments in all).
+        Same arguments, same samples.
         """
         result = self.generator.generate(prompt=prompts, lyrics=lyrics, audio=audio, duration=duration,
                                          guidance=guidance, temperature=temperature, top_k=top_k, top_p=top_p,

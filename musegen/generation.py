@@ -149,9 +149,9 @@ class Generator:
         gets ``num_samples`` variations, variation j drawn with its seed + j from its own random
         stream, so an item's frames are those of a call with that prompt and seed alone (one seed for
         every prompt gives each prompt the same random stream: a batch of prompts then differs only
-        in its text). Steered by the text with classifier-free
-        guidance (musegen.model.conditioning: 0 ignores the text, 1 is the conditional model, larger
-        values push further towards it); sampling settings left None take the checkpoint's defaults.
+        in its text). Steered by the text with classifier-free guidance
+        (musegen.model.conditioning: 0 ignores the text, 1 is the conditional model, larger values
+        push further towards it); sampling settings left None take the checkpoint's defaults.
         ``progress``: a bar (True) or a function called with (segments done, segments in all).
         """
         if not 0 < duration <= self.max_duration:
