@@ -1,6 +1,7 @@
 """Sampling settings against the music they give: for each (temperature, top_k, top_p, min_p,
 pitch_temperature), the median transcribed note length and notes per second of the generated frames
-(transcribed as evaluate.py's `realism` does), and the onsets per second and chroma change of the
+(transcribed as evaluate.py's `realism` does; medians over prompts, and the quartiles and share of
+blips of all their notes pooled), and the onsets per second and chroma change of the
 written audio (musegen.eval.realism), held-out prompts from a neutral start, all in one run. The references (the
 test clips' ground-truth MIDI and resynthesised audio) are evaluate.py's `realism` metric; this
 compares settings quickly.
@@ -48,16 +49,20 @@ def run(args: argparse.Namespace) -> None:
         waveforms, frames_each = generate_each(model, prompts, duration=args.seconds, temperature=temperature,
                                                top_k=top_k, top_p=top_p, min_p=min_p,
                                                pitch_temperature=pitch_temperature)
-        stats = []
+        stats, transcriptions = [], []
         for y, frames, prompt in zip(waveforms, frames_each, prompts):
             instrument = find_instrument(prompt)
             notes = musegen_notes(frames, features, instrument.name if instrument else None)
+            transcriptions.append(notes)
             stats.append({**realism.note_statistics(notes, args.seconds),
                           **realism.descriptors(y, features.sample_rate, features)})
+        durations = realism.note_durations(transcriptions)
         rows.append({"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
                      "pitch_temperature": pitch_temperature,
                      **{k: round(statistics.median(s[k] for s in stats), 3)
-                        for k in ("median_note_seconds", "notes_per_second", "onsets_per_second", "chroma_change")}})
+                        for k in ("median_note_seconds", "notes_per_second", "onsets_per_second", "chroma_change")},
+                     **{f"pooled_{k}": round(durations[k], 3) for k in ("q25", "median", "q75", "short_share")
+                        if k in durations}})
     print(json.dumps({"what": "sampling_settings", "machine": machine(),
                       "settings": {"ckpt": args.ckpt, "prompts": len(prompts), "seconds": args.seconds,
                                    "defaults": model.generator.model.default_sampling},

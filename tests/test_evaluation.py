@@ -263,6 +263,10 @@ def test_evaluate_py_end_to_end(tmp_path, smoke_run):
     assert realism["notes"]["ground_truth_midi"]["notes_per_second"] > 0
     assert realism["notes"]["test_frames_transcribed"]["median_note_seconds"] > 0
     assert realism["notes"]["clips"]["test_clips_with_midi"] == results["data"]["test_clips"]
+    durations = realism["notes"]["durations"]   # pooled over the clips each median row reads
+    assert set(durations) == {"generated", "ground_truth_midi", "test_frames_transcribed"}
+    assert durations["ground_truth_midi"]["q25"] <= durations["ground_truth_midi"]["median"] > 0
+    assert durations["ground_truth_midi"]["notes"] >= results["data"]["test_clips"]
     # the checkpoint's model card now shows these figures beside their baselines
     card = (smoke_run["ckpt"].parent / CARD_FILE).read_text()
     assert str((out_dir / "metrics.json").resolve()) in card and "Not evaluated yet" not in card

@@ -20,6 +20,7 @@ from musegen.eval.realism import (
     clip_folds,
     descriptors,
     log_spectral_distance,
+    note_durations,
     note_statistics,
     onset_times,
     pitch_class_match,
@@ -230,6 +231,20 @@ def test_note_statistics():
     assert empty["notes_per_second"] == 0.0 and math.isnan(empty["median_note_seconds"])
     with pytest.raises(ValueError, match="start <= end"):
         note_statistics([(1.0, 0.5, 60, 80)])
+
+
+def test_note_durations_pool_clips_and_tell_blips_from_a_short_median():
+    even = [[(0.4 * k, 0.4 * k + 0.3, 60, 80) for k in range(10)]]             # ten 0.3 s notes
+    # the same median from a spread of lengths: blips and long notes, as notes that end at a constant rate
+    spread = [[(0.0, 0.05, 60, 80), (0.1, 0.15, 62, 80)], [(0.0, 0.3, 60, 80)],
+              [(1.0, 1.6, 64, 80), (2.0, 2.9, 65, 80)]]
+    a, b = note_durations(even), note_durations(spread)
+    assert a["median"] == pytest.approx(0.3) and b["median"] == pytest.approx(0.3)
+    assert a["notes"] == 10 and b["notes"] == 5          # pooled over the clips
+    assert a["short_share"] == 0.0 and b["short_share"] == pytest.approx(0.4)
+    assert a["q25"] == pytest.approx(0.3) and b["q25"] < 0.1 < 0.5 < b["q75"]
+    assert b["mean"] == pytest.approx((0.05 + 0.05 + 0.3 + 0.6 + 0.9) / 5)
+    assert note_durations([[], []]) == {"notes": 0}
 
 
 def test_note_statistics_of_ground_truth_midi(tmp_path):

@@ -311,20 +311,26 @@ class Evaluation:
         folds = min(5, len(samples), len(reference))  # small evaluations (a smoke run) use fewer folds
         report = realism_lib.realism_report([s.audio for s in samples], reference, self.feats, real, folds=folds,
                                             seed=self.s.seed)
-        notes = [realism_lib.note_statistics(musegen_notes(s.frames, self.feats, s.label), seconds) for s in samples]
+        generated = [musegen_notes(s.frames, self.feats, s.label) for s in samples]
+        notes = [realism_lib.note_statistics(n, seconds) for n in generated]
         # The note references read every test clip with a score, not only the evaluated ones: a
         # score and a transcription of cached frames cost little, and the median of a few clips'
         # medians moves a lot with which clips they are.
         sr = self.feats.sample_rate
         with_midi = [(i, len(self.clip_audio(i)) / sr) for i in self.test_ids if self.cache.midi[i]]
-        truth = [realism_lib.note_statistics(midi_notes(self.cache.midi[i], span), span) for i, span in with_midi]
+        scores = [midi_notes(self.cache.midi[i], span) for i, span in with_midi]
+        truth = [realism_lib.note_statistics(n, span) for n, (_, span) in zip(scores, with_midi)]
         # the transcriber's own reading of the real frames: what a perfect model's notes would measure
         ids = [i for i, _ in with_midi]
-        read = [realism_lib.note_statistics(musegen_notes(frames, self.feats, label), span) for frames, label, (_, span)
-                in zip(self.frames(ids), self.labels(ids), with_midi)]
+        transcribed = [musegen_notes(frames, self.feats, label)
+                       for frames, label in zip(self.frames(ids), self.labels(ids))]
+        read = [realism_lib.note_statistics(n, span) for n, (_, span) in zip(transcribed, with_midi)]
         report["notes"] = {"generated": _median_stats(notes), "ground_truth_midi": _median_stats(truth),
                            "test_frames_transcribed": _median_stats(read),
-                           "clips": {"generated": len(notes), "test_clips_with_midi": len(truth)}}
+                           "clips": {"generated": len(notes), "test_clips_with_midi": len(truth)},
+                           "durations": {"generated": realism_lib.note_durations(generated),
+                                         "ground_truth_midi": realism_lib.note_durations(scores),
+                                         "test_frames_transcribed": realism_lib.note_durations(transcribed)}}
         long = prompt_samples(self.gen, labels, self.guidance, 1, self.s.long_seconds, self.audio_path,
                               self.sampling, self.s.seed)
         n, sr = int(window * self.feats.sample_rate), self.feats.sample_rate
