@@ -19,11 +19,10 @@ import json
 
 import numpy as np
 import torch
-from common import generate_each, machine
+from common import checkpoint_and_cache_parser, generate_each, machine, trained_cache
 
 import musegen
 from musegen.apps.errors import user_errors
-from musegen.data.cache import CacheError, load_cache
 from musegen.eval.prompts import HELD_OUT_PROMPTS
 
 RUNS = (1, 2, 3, 4, 6, 8, 12, 16, 24)
@@ -60,12 +59,7 @@ class Hazard:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--cache", required=True, help="the feature cache the checkpoint was trained on (data/cache/<key>)")
-    p.add_argument("--every", type=int, default=5, help="read every n-th cached clip")
-    p.add_argument("--prompts", type=int, default=16, help="held-out prompts, evenly over the instruments")
-    p.add_argument("--seconds", type=float, default=8.0)
+    p = checkpoint_and_cache_parser(__doc__, prompts=16)
     p.add_argument("--sampling", default="{}", help="generate()'s sampling settings as JSON ({} = the defaults)")
     args = p.parse_args()
     with user_errors("bench_hazard"):
@@ -80,11 +74,7 @@ def report(args: argparse.Namespace) -> None:
         raise ValueError(f"--sampling {args.sampling!r} is not JSON ({err})") from None
     if not isinstance(sampling, dict):
         raise ValueError(f"--sampling {args.sampling!r} must be a JSON object, e.g. '{{\"min_p\": 0.006}}'")
-    try:
-        cache = load_cache(args.cache)
-    except CacheError:
-        raise ValueError(f"--cache {args.cache} is not a complete feature cache (train.py builds them under "
-                         "data/cache/)") from None
+    cache = trained_cache(args.cache)
     model = musegen.load(args.ckpt, device="cpu")
     net = model.generator.model.eval()
     head = net.head

@@ -16,23 +16,17 @@ import argparse
 import json
 
 import numpy as np
-from common import generate_each, machine
+from common import checkpoint_and_cache_parser, generate_each, machine, trained_cache
 
 import musegen
 from musegen.apps.errors import user_errors
-from musegen.data.cache import CacheError, load_cache
 from musegen.eval.harness import musegen_notes
 from musegen.eval.prompts import HELD_OUT_PROMPTS
 from musegen.eval.realism import WINDOW_SECONDS, note_durations
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--cache", required=True, help="the feature cache the checkpoint was trained on (data/cache/<key>)")
-    p.add_argument("--every", type=int, default=5, help="read every n-th cached clip as the real reference")
-    p.add_argument("--prompts", type=int, default=32, help="held-out prompts, evenly over the instruments")
-    p.add_argument("--seconds", type=float, default=8.0)
+    p = checkpoint_and_cache_parser(__doc__, prompts=32)
     p.add_argument("--continuations", type=int, default=32, help="real clips to continue (evenly over the cache)")
     args = p.parse_args()
     with user_errors("bench_note_lengths"):
@@ -52,11 +46,7 @@ def summary(notes_per_window: list[list]) -> dict:
 
 def report(args: argparse.Namespace) -> None:
     """Measure the three sets and print them as one JSON line."""
-    try:
-        cache = load_cache(args.cache)
-    except CacheError:
-        raise ValueError(f"--cache {args.cache} is not a complete feature cache (train.py builds them under "
-                         "data/cache/)") from None
+    cache = trained_cache(args.cache)
     model = musegen.load(args.ckpt, device="cpu")
     feats = model.generator.features
     window = int(round(WINDOW_SECONDS * feats.sample_rate / feats.hop_length))

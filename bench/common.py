@@ -1,6 +1,7 @@
-"""What every benchmark reports about the machine it ran on."""
+"""What the benchmarks share: the machine they ran on, one batched generation per prompt list, the trained cache."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 
@@ -30,3 +31,27 @@ def generate_each(model, prompts: list[str], **kwargs) -> tuple[list, list]:
     """
     music = model.generate(prompts, seed=list(range(len(prompts))), progress=False, **kwargs)
     return list(music.waveforms), list(music.frames)
+
+
+def trained_cache(path: str):
+    """The feature cache at ``path`` (``--cache``: the one a checkpoint was trained on), or one line
+    saying that it is not one."""
+    from musegen.data.cache import CacheError, load_cache
+
+    try:
+        return load_cache(path)
+    except CacheError:
+        raise ValueError(f"--cache {path} is not a complete feature cache (train.py builds them under "
+                         "data/cache/)") from None
+
+
+def checkpoint_and_cache_parser(doc: str, prompts: int) -> argparse.ArgumentParser:
+    """The arguments of the benches that read a checkpoint beside the cache it was trained on:
+    --ckpt, --cache, --every (n-th cached clip), --prompts (held-out, ``prompts`` by default), --seconds."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--cache", required=True, help="the feature cache the checkpoint was trained on (data/cache/<key>)")
+    p.add_argument("--every", type=int, default=5, help="read every n-th cached clip")
+    p.add_argument("--prompts", type=int, default=prompts, help="held-out prompts, evenly over the instruments")
+    p.add_argument("--seconds", type=float, default=8.0, help="seconds generated per prompt")
+    return p
