@@ -1,5 +1,5 @@
 """Sampling settings against the music they give: for each (temperature, top_k, top_p, min_p,
-pitch_temperature), the median transcribed note length and notes per second of the generated frames
+pitch_temperature, min_note_frames), the median transcribed note length and notes per second of the generated frames
 (transcribed as evaluate.py's `realism` does; medians over prompts, and the quartiles and share of
 blips of all their notes pooled), and the onsets per second and chroma change of the
 written audio (musegen.eval.realism), held-out prompts from a neutral start, all in one run. The references (the
@@ -23,10 +23,12 @@ from musegen.eval.harness import musegen_notes
 from musegen.eval.prompts import HELD_OUT_PROMPTS
 from musegen.instruments import find_instrument
 
-GRID = ((1.0, 250, None, None, None), (0.9, 250, None, None, None), (1.0, 250, 0.95, None, None),
-        (1.0, 250, 0.9, None, None), (1.0, 250, None, 0.003, None), (1.0, 250, None, 0.006, None),
-        (1.0, 250, None, 0.01, None), (1.0, 250, None, 0.02, None), (1.0, 250, None, None, 0.9),
-        (1.0, 250, None, None, 0.8), (1.0, 250, None, None, 0.6))
+#: (temperature, top_k, top_p, min_p, pitch_temperature, min_note_frames); min_note_frames 1 is no minimum
+GRID = ((1.0, 250, None, None, None, 1), (0.9, 250, None, None, None, 1), (1.0, 250, 0.95, None, None, 1),
+        (1.0, 250, 0.9, None, None, 1), (1.0, 250, None, 0.003, None, 1), (1.0, 250, None, 0.006, None, 1),
+        (1.0, 250, None, 0.01, None, 1), (1.0, 250, None, 0.02, None, 1), (1.0, 250, None, None, 0.9, 1),
+        (1.0, 250, None, None, 0.8, 1), (1.0, 250, None, None, 0.6, 1), (1.0, 250, None, None, None, 4),
+        (1.0, 250, None, None, None, 6), (1.0, 250, None, None, None, 8))
 
 
 def main() -> None:
@@ -45,10 +47,10 @@ def run(args: argparse.Namespace) -> None:
     features = model.generator.features
     prompts = list(HELD_OUT_PROMPTS[:: max(1, len(HELD_OUT_PROMPTS) // args.prompts)][: args.prompts])
     rows = []
-    for temperature, top_k, top_p, min_p, pitch_temperature in GRID:
+    for temperature, top_k, top_p, min_p, pitch_temperature, min_note_frames in GRID:
         waveforms, frames_each = generate_each(model, prompts, duration=args.seconds, temperature=temperature,
                                                top_k=top_k, top_p=top_p, min_p=min_p,
-                                               pitch_temperature=pitch_temperature)
+                                               pitch_temperature=pitch_temperature, min_note_frames=min_note_frames)
         stats, transcriptions = [], []
         for y, frames, prompt in zip(waveforms, frames_each, prompts):
             instrument = find_instrument(prompt)
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
                           **realism.descriptors(y, features.sample_rate, features)})
         durations = realism.note_durations(transcriptions)
         rows.append({"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
-                     "pitch_temperature": pitch_temperature,
+                     "pitch_temperature": pitch_temperature, "min_note_frames": min_note_frames,
                      **{k: round(statistics.median(s[k] for s in stats), 3)
                         for k in ("median_note_seconds", "notes_per_second", "onsets_per_second", "chroma_change")},
                      **{f"pooled_{k}": round(durations[k], 3) for k in ("q25", "median", "q75", "short_share")

@@ -5,7 +5,8 @@ docs/BENCHMARKS.md shows of a model's music.
         --ckpt outputs/demo/make-demo/checkpoints/last.ckpt --prompt "a gentle piano tune" --out docs/sample.png
 
 Each generated row is `musegen.load(ckpt).generate(prompt)` with the checkpoint's default sampling
-(or its --min-p), rendered by conf/synth's mix or --vocoder; real clips are shown as recorded, cut to --seconds.
+(or its --min-p / --min-note-frames), rendered by conf/synth's mix or --vocoder; real clips are shown
+as recorded, cut to --seconds.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-p", nargs="*", default=[], type=float,
                    help="min_p per checkpoint, in order (0 = off; default: each checkpoint's own)")
+    p.add_argument("--min-note-frames", nargs="*", default=[], type=int,
+                   help="min_note_frames per checkpoint, in order (1 = off; default: each checkpoint's own)")
     p.add_argument("--vocoder", type=Path, help="a vocoder checkpoint renders the audio (default: conf/synth's mix)")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args()
@@ -46,8 +49,10 @@ def run(args: argparse.Namespace) -> None:
     rows = [load_audio(path, sample_rate)[: int(args.seconds * sample_rate)] for path in args.real]
     titles = [f"real clip: {path.name}" for path in args.real]
     pad = [None] * len(args.ckpt)
-    for model, ckpt, label, min_p in zip(models, args.ckpt, args.label + pad, args.min_p + pad):
-        music = model.generate(args.prompt, args.seconds, seed=args.seed, min_p=min_p, progress=False)
+    for model, ckpt, label, min_p, min_note_frames in zip(models, args.ckpt, args.label + pad, args.min_p + pad,
+                                                          args.min_note_frames + pad):
+        music = model.generate(args.prompt, args.seconds, seed=args.seed, min_p=min_p,
+                               min_note_frames=min_note_frames, progress=False)
         rows.append(music.waveforms[0])
         titles.append(f"{label or ckpt.parent.parent.name}: \"{args.prompt}\"")
     fig = spectrograms(rows, sample_rate, titles)

@@ -98,7 +98,8 @@ class MusicModel:
         lyrics: str | Sequence[str | None] | None = None, audio: str | Path | Sequence[str | Path | None] | None = None,
         guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
         top_p: float | None = None, min_p: float | None = None, pitch_temperature: float | None = None,
-        seed: int | Sequence[int] = 0, num_samples: int = 1, progress: bool | ProgressFn = True,
+        min_note_frames: int | None = None, seed: int | Sequence[int] = 0, num_samples: int = 1,
+        progress: bool | ProgressFn = True,
     ) -> Music:
         """Music for one prompt or a list of prompts, all in one batched rollout.
 
@@ -110,7 +111,8 @@ class MusicModel:
         """
         result = self.generator.generate(prompt=prompts, lyrics=lyrics, audio=audio, duration=duration,
                                          guidance=guidance, temperature=temperature, top_k=top_k, top_p=top_p,
-                                         min_p=min_p, pitch_temperature=pitch_temperature, seed=seed,
+                                         min_p=min_p, pitch_temperature=pitch_temperature,
+                                         min_note_frames=min_note_frames, seed=seed,
                                          num_samples=num_samples, progress=progress)
         start = time.perf_counter()
         rendered = render(result.frames, result.features, self.renderer, self.export, duration,

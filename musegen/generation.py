@@ -113,10 +113,10 @@ class Generator:
 
     def sampling(self, guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, min_p: float | None = None,
-                 pitch_temperature: float | None = None) -> dict[str, Any]:
+                 pitch_temperature: float | None = None, min_note_frames: int | None = None) -> dict[str, Any]:
         """The sampling settings of a call: each one given, else the checkpoint's default for its head."""
         given = dict(guidance=guidance, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                     pitch_temperature=pitch_temperature)
+                     pitch_temperature=pitch_temperature, min_note_frames=min_note_frames)
         chosen = {k: v if v is not None else self.model.default_sampling.get(k) for k, v in given.items()}
         for name in ("guidance", "temperature"):
             if chosen[name] is None:
@@ -131,6 +131,8 @@ class Generator:
             raise ValueError(f"min_p must be in [0, 1) or null, got {chosen['min_p']}")
         if chosen["pitch_temperature"] is not None and chosen["pitch_temperature"] < 0:
             raise ValueError(f"pitch_temperature must be >= 0 or null, got {chosen['pitch_temperature']}")
+        if chosen["min_note_frames"] is not None and chosen["min_note_frames"] < 1:
+            raise ValueError(f"min_note_frames must be >= 1 or null, got {chosen['min_note_frames']}")
         return chosen
 
     # -- generation ----------------------------------------------------------------------------
@@ -140,7 +142,8 @@ class Generator:
         audio: str | Path | None | Sequence[str | Path | None] = None, duration: float = 20.0,
         guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
         top_p: float | None = None, min_p: float | None = None, pitch_temperature: float | None = None,
-        seed: int | Sequence[int] = 0, num_samples: int = 1, progress: bool | ProgressFn = False,
+        min_note_frames: int | None = None, seed: int | Sequence[int] = 0, num_samples: int = 1,
+        progress: bool | ProgressFn = False,
     ) -> GenerationResult:
         """Frames for `duration` seconds per item, all items in one batched rollout.
 
@@ -158,7 +161,7 @@ class Generator:
             raise ValueError(f"duration must be in (0, {self.max_duration}] seconds, got {duration}")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        sampling = self.sampling(guidance, temperature, top_k, top_p, min_p, pitch_temperature)
+        sampling = self.sampling(guidance, temperature, top_k, top_p, min_p, pitch_temperature, min_note_frames)
         items = batch_items(prompt, lyrics, audio, seed, num_samples)
         start = time.perf_counter()
         texts = [self._text(p, lyr) for p, lyr, _, _ in items]

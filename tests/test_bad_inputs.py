@@ -176,6 +176,7 @@ def test_train_names_a_head_setting_that_does_not_exist(tmp_path):
     ("temperature=abc", r"temperature='abc': must be a number or null"),
     ("min_p=abc", r"min_p='abc': must be a number or null"),
     ("pitch_temperature=abc", r"pitch_temperature='abc': must be a number or null"),
+    ("min_note_frames=2.5", r"min_note_frames=2\.5: must be an integer or null"),
     ("num_samples=abc", r"num_samples='abc': must be an integer"),
     ("seed=abc", r"seed='abc': must be an integer"),
     ("seed=1.5", r"seed=1\.5: must be an integer"),

@@ -43,7 +43,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 FEATS = FeatureConfig()
 SETTINGS = dict(num_prompts=1, seconds=1.0, max_test_clips=2, guidance=None, temperature=None, top_k=None, top_p=None,
-                min_p=None, pitch_temperature=None, seed=0,
+                min_p=None, pitch_temperature=None, min_note_frames=None, seed=0,
                 write_samples=False, labels=None, max_labels=None, rtf_repeats=1, realism_seconds=4.0,
                 long_seconds=8.0, metrics=None)
 SR = FEATS.sample_rate

@@ -12,6 +12,7 @@ import soundfile as sf
 import torch
 from conftest import ROOT, run_script
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from musegen.apps.generate import generate_files
 from musegen.checkpoint import CheckpointError
@@ -76,6 +77,24 @@ def test_generate_files_writes_audio_mp3_midi_and_sidecar(tmp_path, smoke_run):
     assert np.array_equal(y, y2)  # same seed, same bytes
 
 
+def _short_runs(generator: Generator, frames: np.ndarray, min_frames: int) -> int:
+    """Pitch-class runs of generated frames [T, F] shorter than ``min_frames`` and followed by a change."""
+    net = generator.model
+    tokens = net.head._tokens(net.normaliser.normalise(torch.as_tensor(frames).float()))
+    classes = net.head.pitch_classes()[tokens].tolist()
+    changes = [t for t in range(1, len(classes)) if classes[t] != classes[t - 1]]
+    return sum(b - a < min_frames for a, b in zip([0, *changes], changes))
+
+
+def test_min_note_frames_holds_every_pitch_class_the_music_changes_to(generator):
+    default = OmegaConf.load(ROOT / "conf" / "model" / "head" / "tokens.yaml").sampling.min_note_frames
+    free = generator.generate(prompt="calm piano melody", duration=3.0, seed=0, min_note_frames=1)
+    held = generator.generate(prompt="calm piano melody", duration=3.0, seed=0)   # the checkpoint's default
+    assert held.metadata["min_note_frames"] == default > 1 and free.metadata["min_note_frames"] == 1
+    assert _short_runs(generator, free.frames[0], default) > 0
+    assert _short_runs(generator, held.frames[0], default) == 0
+
+
 @pytest.mark.parametrize("overrides,error,match", [
     ({"duration": 0}, ValueError, "duration"),
     ({"duration": 601}, ValueError, "duration"),
@@ -83,6 +102,7 @@ def test_generate_files_writes_audio_mp3_midi_and_sidecar(tmp_path, smoke_run):
     ({"min_p": 1.0}, ValueError, "min_p must be in"),
     ({"min_p": -0.1}, ValueError, "min_p must be in"),
     ({"pitch_temperature": -0.5}, ValueError, "pitch_temperature must be >= 0"),
+    ({"min_note_frames": 0}, ValueError, "min_note_frames must be >= 1"),
 ])
 def test_bad_arguments_fail_before_writing(tmp_path, smoke_run, overrides, error, match):
     with pytest.raises(error, match=match):

@@ -424,6 +424,64 @@ def test_pitch_temperature_applies_after_guidance_and_needs_chroma() -> None:
     drawn = head.next_token(torch.cat([logits, logits]), Sampling(3.0, 1.0, pitch_temperature=0.0), Noise(range(n)))
     assert torch.equal(drawn[:n], drawn[n:]) and len(set(classes[drawn].tolist())) == 1
     mfcc_only = make_head(out_dim=4)
-    with pytest.raises(ValueError, match="pitch_temperature needs a model that predicts chroma"):
+    with pytest.raises(ValueError, match="pitch_temperature and min_note_frames need a model that predicts chroma"):
         mfcc_only.next_token(torch.zeros(3, mfcc_only.vocab), Sampling(None, 1.0, pitch_temperature=0.5),
                              Noise([0, 1, 2]))
+
+
+def _short_changes(head: TokenHead, x: HeadInput, frames: torch.Tensor, min_frames: int) -> int:
+    """Changes of pitch class in sampled ``frames`` [rows, K, out_dim] after a class that lasted fewer
+    than ``min_frames`` frames, counted through the valid part of the context."""
+    classes = head.pitch_classes()
+    p = head.frames_per_token
+    valid = x.mask.reshape(len(x.mask), -1, p).all(-1)
+    context, drawn = classes[head._tokens(x.context)], classes[head._tokens(frames)]
+    short = 0
+    for row in range(len(drawn)):
+        seq = context[row][valid[row]].tolist() + drawn[row].tolist()
+        first_drawn, lasted = len(seq) - drawn.shape[1], 1
+        for t in range(1, len(seq)):
+            if seq[t] == seq[t - 1]:
+                lasted += 1
+                continue
+            short += t >= first_drawn and lasted * p < min_frames
+            lasted = 1
+    return short
+
+
+@pytest.mark.parametrize(("make", "min_frames"), [(make_head, 3), (pair_head, 4)])
+@pytest.mark.parametrize("guidance", [None, 3.0])
+def test_min_note_frames_holds_a_pitch_class_once_the_music_changes_to_it(make, min_frames: int,
+                                                                         guidance: float | None) -> None:
+    head, rows = make(), 300
+    x = head_input(rows, context=C - 2)   # two padded frames: the run is counted from the valid ones
+    if guidance is not None:
+        x = guided_input(x, HeadInput(head_input(rows, seed=1).state, x.context, x.mask))
+    free = head.sample(x, Sampling(guidance, 1.0), Noise(range(rows)))
+    held = head.sample(x, Sampling(guidance, 1.0, min_note_frames=min_frames), Noise(range(rows)))
+    cond = HeadInput(x.state[:rows], x.context[:rows], x.mask[:rows])
+    assert _short_changes(head, cond, free, min_frames) > 10   # the decoder alone changes class quickly
+    assert _short_changes(head, cond, held, min_frames) == 0
+    assert head.pitch_classes()[head._tokens(held)].unique().numel() > 1   # it still changes class
+
+
+def test_min_note_frames_from_an_empty_context_leaves_the_first_token_free() -> None:
+    head, rows = make_head(), 200
+    x = head_input(rows, context=0)
+    classes = head.pitch_classes()[head._tokens(head.sample(x, Sampling(None, 1.0, min_note_frames=K + C),
+                                                            Noise(range(rows))))]
+    assert classes[:, 0].unique().numel() > 1
+    assert torch.equal(classes, classes[:, :1].expand_as(classes))
+
+
+def test_min_note_frames_gives_way_where_min_p_leaves_no_token_of_the_held_class() -> None:
+    head = make_head()
+    classes = head.pitch_classes()
+    favourite = int(torch.arange(head.vocab)[classes != classes[0]][0])
+    logits = torch.full((2, head.vocab), -5.0)
+    logits[:, favourite] = 5.0
+    allowed = (classes == classes[0]).expand(2, -1)
+    held = head.next_token(logits, Sampling(None, 1.0), Noise([0, 1]), allowed)
+    assert (classes[held] == classes[0]).all()
+    alone = head.next_token(logits, Sampling(None, 1.0, min_p=0.5), Noise([0, 1]), allowed)
+    assert (alone == favourite).all()

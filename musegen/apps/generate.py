@@ -15,7 +15,7 @@ from musegen.lyrics import write_lyrics
 #: The sampling settings (null: the checkpoint's default), as generate.py and evaluate.py take them.
 SAMPLING_ARGUMENTS: dict[str, tuple[type, bool]] = {
     "guidance": (float, True), "temperature": (float, True), "top_k": (int, True), "top_p": (float, True),
-    "min_p": (float, True), "pitch_temperature": (float, True),
+    "min_p": (float, True), "pitch_temperature": (float, True), "min_note_frames": (int, True),
 }
 #: generate.py's scalar arguments: (type, whether null is allowed). Hydra reads `duration=abc` as a
 #: string and `prompt=1985` as an int, so each is checked (or, for text, converted) before any work.
@@ -94,7 +94,8 @@ def generate_files(cfg: DictConfig) -> list[dict[str, str]]:
                               max_new_tokens=args["lyrics_max_new_tokens"], seed=args["seed"])
     music = model.generate(prompt, args["duration"], lyrics=lyrics, audio=args["audio"], guidance=args["guidance"],
                            temperature=args["temperature"], top_k=args["top_k"], top_p=args["top_p"],
-                           min_p=args["min_p"], pitch_temperature=args["pitch_temperature"], seed=args["seed"],
+                           min_p=args["min_p"], pitch_temperature=args["pitch_temperature"],
+                           min_note_frames=args["min_note_frames"], seed=args["seed"],
                            num_samples=args["num_samples"], progress=True)
     for meta in music.metadata:
         meta["load_seconds"] = loaded - start

@@ -57,11 +57,12 @@ class EvalSettings:
     seconds: float
     max_test_clips: int
     guidance: float | None         # None: the checkpoint's default; prompt_adherence also runs at 0
-    temperature: float | None      # None: the checkpoint's default, as for top_k, top_p, min_p, pitch_temperature
+    temperature: float | None      # None: the checkpoint's default, as for the other sampling settings
     top_k: int | None
     top_p: float | None
     min_p: float | None
     pitch_temperature: float | None
+    min_note_frames: int | None
     seed: int
     write_samples: bool
     labels: tuple[str, ...] | None
@@ -138,7 +139,7 @@ class Evaluation:
             raise ValueError("Evaluation: call datamodule.setup() first")
         self.audio_path = AudioPath(synth, export)
         sampling = generator.sampling(settings.guidance, settings.temperature, settings.top_k, settings.top_p,
-                                      settings.min_p, settings.pitch_temperature)
+                                      settings.min_p, settings.pitch_temperature, settings.min_note_frames)
         self.guidance = sampling.pop("guidance")
         self.sampling = sampling   # every other sampling setting, as each generate() call gets it
         self.train_ids = datamodule.clip_indices("train")

@@ -41,6 +41,7 @@ class Sampling:
     top_p: float | None = None
     min_p: float | None = None
     pitch_temperature: float | None = None
+    min_note_frames: int | None = None
 
 
 class Noise:

@@ -4,8 +4,8 @@ Groups of consecutive frames are quantised to a k-means codebook (musegen.model.
 unidirectional GRU, started from the backbone's state, predicts the next segment's tokens one
 group at a time, each step reading the previous group's token. It defines a distribution over what comes next and
 samples from it with the usual language-model controls: temperature, top-k, top-p and min-p
-truncation and classifier-free guidance on the log-probabilities, and a temperature of its own for
-the choice of pitch class.
+truncation and classifier-free guidance on the log-probabilities, a temperature of its own for
+the choice of pitch class, and a minimum length for a pitch class once the music changes to it.
 """
 from __future__ import annotations
 
@@ -129,14 +129,20 @@ class TokenHead(Head):
         Under guidance the 2n rows run together; each step combines row i's and row n + i's
         log-probabilities with ``guide``, draws one token per item and feeds it to both rows.
         """
+        hold = _NoteHold(self, x, sampling.min_note_frames) if (sampling.min_note_frames or 1) > 1 else None
+
         def pick(step_logits: torch.Tensor) -> torch.Tensor:
-            return self.next_token(step_logits, sampling, noise)
+            tok = self.next_token(step_logits, sampling, noise, None if hold is None else hold.allowed())
+            if hold is not None:
+                hold.advance(tok)
+            return tok
 
         tokens, _ = self._rollout(x, pick)
         n = tokens.shape[0] // 2 if sampling.guidance is not None else tokens.shape[0]
         return self._frames(self.codebook.decode(tokens[:n]))
 
-    def next_token(self, logits: torch.Tensor, sampling: Sampling, noise: Noise) -> torch.Tensor:
+    def next_token(self, logits: torch.Tensor, sampling: Sampling, noise: Noise,
+                   allowed: torch.Tensor | None = None) -> torch.Tensor:
         """One step's tokens [rows] from its logits [rows, V] (2n rows under guidance: the chosen
         token of item i is returned for rows i and n + i).
 
@@ -147,7 +153,8 @@ class TokenHead(Head):
         note here and there. The floor lets guidance choose among the continuations the conditional
         model finds plausible without promoting the ones it does not; relative to the favourite, it
         still keeps many candidates where the model is unsure (a note's start) and few where it is
-        sure (inside a held note).
+        sure (inside a held note). ``allowed`` [rows, V] (``min_note_frames``) removes the other tokens
+        after guidance and min_p, unless it would remove every token left in a row.
         """
         logp = logits.log_softmax(-1)
         plausible = logp   # the distribution whose favourites set min_p's floor: the conditional one
@@ -158,6 +165,9 @@ class TokenHead(Head):
         if sampling.min_p:
             floor = plausible.max(-1, keepdim=True).values + math.log(sampling.min_p)
             logp = logp.masked_fill(plausible < floor, -math.inf)
+        if allowed is not None:
+            held = logp.masked_fill(~allowed[: logp.shape[0]], -math.inf)
+            logp = torch.where(torch.isfinite(held).any(-1, keepdim=True), held, logp)
         if sampling.temperature == 0:
             tok = logp.argmax(-1)
         else:
@@ -190,7 +200,8 @@ class TokenHead(Head):
         """[V]: each token's pitch class, the chroma bin of its centroid (summed over its P frames)
         that stands highest above its training mean, in normalised units."""
         if self.out_dim <= self.n_mfcc:
-            raise ValueError("pitch_temperature needs a model that predicts chroma (model.predict_chroma=true)")
+            raise ValueError("pitch_temperature and min_note_frames need a model that predicts chroma "
+                             "(model.predict_chroma=true)")
         chroma = self.codebook.centroids.reshape(self.vocab, self.frames_per_token, self.out_dim)[..., self.n_mfcc:]
         return chroma.sum(1).argmax(-1)
 
@@ -255,6 +266,35 @@ class TokenHead(Head):
             tokens.append(tok)
             logits.append(step_logits)
         return torch.stack(tokens, 1), torch.stack(logits, 1)
+
+
+class _NoteHold:
+    """``min_note_frames``: once the pitch class changes, it holds at least that many frames.
+
+    Tracks each row's pitch class (``TokenHead.pitch_classes``) and how many frames it has lasted,
+    counted through the context (its trailing frames of the class of its last token) and the tokens
+    drawn since; while a class has lasted fewer frames than the minimum, only tokens of that class may
+    follow. An empty context leaves the first token free.
+    """
+
+    def __init__(self, head: TokenHead, x: HeadInput, min_frames: int) -> None:
+        self.classes, self.p, self.min_frames = head.pitch_classes(), head.frames_per_token, min_frames
+        groups = self.classes[head._tokens(x.context)]   # [rows, C / P]
+        valid = x.mask.reshape(len(groups), -1, self.p).all(-1)
+        self.current = torch.where(valid[:, -1], groups[:, -1], -1)   # -1: no class yet, any may start
+        same = (groups == self.current[:, None]) & valid
+        self.lasted = torch.where(valid[:, -1], same.long().flip(1).cumprod(1).sum(1) * self.p, min_frames)
+
+    def allowed(self) -> torch.Tensor:
+        """[rows, V]: the tokens each row may draw next."""
+        free = (self.lasted >= self.min_frames)[:, None]
+        return free | (self.classes[None] == self.current[:, None])
+
+    def advance(self, tokens: torch.Tensor) -> None:
+        """Count the drawn tokens [rows] in."""
+        drawn = self.classes[tokens]
+        self.lasted = torch.where(drawn == self.current, self.lasted + self.p, torch.full_like(self.lasted, self.p))
+        self.current = drawn
 
 
 def _sample_from(logits: torch.Tensor, top_k: int | None, top_p: float | None, noise: Noise) -> torch.Tensor:
