@@ -68,9 +68,14 @@ app: setup
 	@$(PY) -c "import gradio" 2>/dev/null || $(PY) -m pip install -q -e '.[app]'
 	$(PY) -m musegen.app ckpt=$(DEMO_CKPT)
 
-bench: setup
+# Every benchmark, one JSON object each into bench/results/; the ones that read a trained model get
+# `make demo`'s checkpoints (the generator, or the vocoder for the vocoder benches).
+bench: demo
 	@mkdir -p bench/results
-	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b | tee bench/results/$$(basename $$b .py).json; done
+	@for b in bench/bench_*.py; do n=$$(basename $$b .py); \
+	  case $$n in bench_sampling|bench_hazard|bench_note_lengths) args="--ckpt $(DEMO_CKPT)";; \
+	    bench_vocoder|bench_vocoder_quality) args="--ckpt $(VOC_CKPT)";; *) args="";; esac; \
+	  echo "== $$b $$args"; $(PY) $$b $$args | tee bench/results/$$n.json; done
 
 clean-demo:
 	rm -rf $(DEMO_DIR) $(VOC_DIR)

@@ -10,7 +10,7 @@ model's prediction (it forecasts the data's hazard badly) or the sampler's (it f
 rollout drifts). The clips are every ``--every``-th clip of the cache, training clips among them.
 
     python bench/bench_hazard.py --ckpt outputs/demo/make-demo/checkpoints/last.ckpt \\
-        --cache data/cache/<key> [--sampling '{"min_p": 0.006}']
+        [--cache data/cache/<key>] [--sampling '{"min_p": 0.006}']
 """
 from __future__ import annotations
 
@@ -74,8 +74,8 @@ def report(args: argparse.Namespace) -> None:
         raise ValueError(f"--sampling {args.sampling!r} is not JSON ({err})") from None
     if not isinstance(sampling, dict):
         raise ValueError(f"--sampling {args.sampling!r} must be a JSON object, e.g. '{{\"min_p\": 0.006}}'")
-    cache = trained_cache(args.cache)
     model = musegen.load(args.ckpt, device="cpu")
+    cache = trained_cache(args.cache, args.ckpt, model)
     net = model.generator.model.eval()
     head = net.head
     if not hasattr(head, "codebook"):

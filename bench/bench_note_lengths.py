@@ -8,7 +8,7 @@ end of the distribution is off, the within-window spread whether a piece keeps o
 are quick or slow throughout), and the continuations whether the model keeps a pace it is given.
 
     python bench/bench_note_lengths.py --ckpt outputs/demo/make-demo/checkpoints/last.ckpt \\
-        --cache data/cache/<key>
+        [--cache data/cache/<key>]
 """
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ def summary(notes_per_window: list[list]) -> dict:
 
 def report(args: argparse.Namespace) -> None:
     """Measure the three sets and print them as one JSON line."""
-    cache = trained_cache(args.cache)
     model = musegen.load(args.ckpt, device="cpu")
+    cache = trained_cache(args.cache, args.ckpt, model)
     feats = model.generator.features
     window = int(round(WINDOW_SECONDS * feats.sample_rate / feats.hop_length))
     segment = model.generator.model.segment_frames

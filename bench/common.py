@@ -33,11 +33,19 @@ def generate_each(model, prompts: list[str], **kwargs) -> tuple[list, list]:
     return list(music.waveforms), list(music.frames)
 
 
-def trained_cache(path: str):
-    """The feature cache at ``path`` (``--cache``: the one a checkpoint was trained on), or one line
-    saying that it is not one."""
+def trained_cache(path: str | None, ckpt: str, model):
+    """The feature cache a checkpoint was trained on: the one at ``path`` (``--cache``) or, without it,
+    the one its run folder's data config builds, as evaluate.py finds its test split; or one line
+    saying why there is none."""
+    from musegen.apps.evaluate import build_datamodule, training_data_config
     from musegen.data.cache import CacheError, load_cache
 
+    if path is None:
+        data = training_data_config(ckpt)
+        if data is None:
+            raise ValueError(f"--ckpt {ckpt}: no run folder beside it (.hydra/config.yaml) names its training "
+                             "data; pass --cache data/cache/<key>")
+        return build_datamodule(data, model.generator).cache
     try:
         return load_cache(path)
     except CacheError:
@@ -50,7 +58,8 @@ def checkpoint_and_cache_parser(doc: str, prompts: int) -> argparse.ArgumentPars
     --ckpt, --cache, --every (n-th cached clip), --prompts (held-out, ``prompts`` by default), --seconds."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--cache", required=True, help="the feature cache the checkpoint was trained on (data/cache/<key>)")
+    p.add_argument("--cache", help="the feature cache the checkpoint was trained on (data/cache/<key>; default: the "
+                   "one its run folder's data config builds)")
     p.add_argument("--every", type=int, default=5, help="read every n-th cached clip")
     p.add_argument("--prompts", type=int, default=prompts, help="held-out prompts, evenly over the instruments")
     p.add_argument("--seconds", type=float, default=8.0, help="seconds generated per prompt")

@@ -8,9 +8,9 @@ from conftest import run_script
 
 
 def test_bench_note_lengths_measures_real_generated_and_continued_notes(tmp_path, smoke_run):
-    cache = next((smoke_run["root"] / "data" / "cache").iterdir())
-    out = run_script("bench/bench_note_lengths.py", "--ckpt", str(smoke_run["ckpt"]), "--cache", str(cache),
-                     "--prompts", "2", "--seconds", "4", "--continuations", "2", "--every", "4", cwd=tmp_path)
+    # no --cache: the one the checkpoint's run folder names
+    out = run_script("bench/bench_note_lengths.py", "--ckpt", str(smoke_run["ckpt"]), "--prompts", "2",
+                     "--seconds", "4", "--continuations", "2", "--every", "4", cwd=tmp_path)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     figures = result["figures"]
     assert result["what"] == "note_lengths" and result["settings"]["continuations"] == 2
@@ -32,3 +32,12 @@ def test_bench_note_lengths_names_a_bad_cache(tmp_path, smoke_run):
     lines = [line for line in out.stderr.splitlines() if line.startswith("bench_note_lengths: ")]
     assert out.returncode == 2 and "Traceback" not in out.stderr and len(lines) == 1, out.stderr[-4000:]
     assert "--cache no-such-cache is not a complete feature cache" in lines[0]
+
+
+def test_bench_note_lengths_without_a_run_folder_asks_for_the_cache(tmp_path, smoke_run):
+    ckpt = tmp_path / "alone.ckpt"
+    ckpt.write_bytes(smoke_run["ckpt"].read_bytes())
+    out = run_script("bench/bench_note_lengths.py", "--ckpt", str(ckpt), check=False, cwd=tmp_path)
+    lines = [line for line in out.stderr.splitlines() if line.startswith("bench_note_lengths: ")]
+    assert out.returncode == 2 and "Traceback" not in out.stderr and len(lines) == 1, out.stderr[-4000:]
+    assert "no run folder beside it" in lines[0] and "pass --cache" in lines[0]
