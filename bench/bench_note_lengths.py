@@ -73,8 +73,9 @@ def report(args: argparse.Namespace) -> None:
     references = [musegen_notes(w, feats, None) for i in ids for w in windows(cache.clip_frames(i).float().numpy())]
     positions = (starts / starts.mean()).round(2).tolist() if starts.sum() else starts.tolist()
     print(json.dumps({"what": "note_lengths", "machine": machine(),
-                      "settings": {"ckpt": args.ckpt, "cache": args.cache, "every": args.every, "prompts": len(prompts),
-                                   "seconds": args.seconds, "continuations": len(ids), "window_frames": window},
+                      "settings": {"ckpt": args.ckpt, "cache": str(cache.path), "every": args.every,
+                                   "prompts": len(prompts), "seconds": args.seconds, "continuations": len(ids),
+                                   "window_frames": window},
                       "figures": {"real_clips": summary(real), "generated": summary(generated),
                                   "continuations": summary(continued), "continued_clips": summary(references),
                                   "note_starts_by_segment_position_over_mean": positions}}))

@@ -3,6 +3,7 @@ same way, and one line naming a bad input."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from conftest import run_script
 
@@ -14,6 +15,7 @@ def test_bench_note_lengths_measures_real_generated_and_continued_notes(tmp_path
     result = json.loads(out.stdout.strip().splitlines()[-1])
     figures = result["figures"]
     assert result["what"] == "note_lengths" and result["settings"]["continuations"] == 2
+    assert Path(result["settings"]["cache"]).parent == smoke_run["root"] / "data" / "cache"   # the one it read
     # the real clips are the demo's rendered scores: they have notes, quartiles in order, a share in [0, 1]
     real = figures["real_clips"]
     assert real["notes"] > 0 and real["q25"] <= real["median"] <= real["q75"] and 0 <= real["short_share"] <= 1
