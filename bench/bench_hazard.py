@@ -104,7 +104,8 @@ def report(args: argparse.Namespace) -> None:
             for t in range(c, len(frames) - k + 1, k):
                 x = net(frames[t - c:t][None], torch.ones(1, c, dtype=torch.bool), cond)
                 target = net.target(frames[t:t + k][None])
-                probs = head._teacher_forced(x, head._tokens(target))[0].softmax(-1)
+                tokens = head._tokens(target)
+                probs = head._teacher_forced(x, tokens, head._levels(target, tokens))[0][0].softmax(-1)
                 for j in range(k):
                     # A token covers P frames: frame j's forecast is conditional on the earlier
                     # frames of its token having the classes they have.

@@ -126,6 +126,44 @@ def test_codebook_on_fewer_frames_than_centroids_keeps_every_frame() -> None:
     assert bool(cb.fitted) and torch.equal(cb.decode(cb.encode(x)), x)
 
 
+def test_a_weighted_dimension_is_resolved_more_finely_and_centroids_stay_in_frame_units() -> None:
+    """Rare extreme values of one dimension (the loud frames of attacks in MFCC 0) are averaged with
+    common ones by a plain k-means; weighting that dimension gives them centroids of their own."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 4, generator=g)
+    x[:200, 0] = 4.0 + 0.1 * torch.randn(200, generator=g)   # 5% of frames much louder
+    errors = {}
+    for w in (1.0, 6.0):
+        cb = Codebook(6, 4, torch.tensor([w, 1.0, 1.0, 1.0]))
+        cb.fit(x, iters=25, seed=0)
+        q = cb.decode(cb.encode(x))
+        errors[w] = float(((q - x)[:200, 0] ** 2).mean())
+        # encode is the nearest centroid under the weighted distance, decode gives frame units
+        w_vec = torch.tensor([w, 1.0, 1.0, 1.0])
+        assert torch.equal(cb.encode(x), torch.cdist(x * w_vec, cb.centroids * w_vec).argmin(1))
+        assert cb.centroids[:, 0].max() < 4.5
+    assert errors[6.0] < 0.25 * errors[1.0]
+
+
+def test_codebook_weights_are_not_in_the_state_dict_and_are_checked() -> None:
+    """Weights are a hyper-parameter: a checkpoint's tensors load into a codebook built from its config,
+    and a codebook saved before weights existed loads into one with the plain distance."""
+    cb = Codebook(8, 3, torch.tensor([2.0, 1.0, 1.0]))
+    assert set(cb.state_dict()) == {"centroids", "fitted"}
+    for bad in (torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0, 1.0])):
+        with pytest.raises(ValueError, match="codebook weights must be"):
+            Codebook(8, 3, bad)
+
+
+def test_energy_weight_weighs_mfcc0_of_every_frame_of_a_token() -> None:
+    head = pair_head(energy_weight=3.0)
+    assert head.codebook.weights.view(2, FEATURES)[:, 0].tolist() == [3.0, 3.0]
+    assert float(head.codebook.weights.view(2, FEATURES)[:, 1:].sum()) == 2 * (FEATURES - 1)
+    assert torch.equal(make_head().codebook.weights, torch.ones(FEATURES))   # the default: plain k-means
+    with pytest.raises(ValueError, match="energy_weight"):
+        make_head(energy_weight=0.0)
+
+
 # --- head -------------------------------------------------------------------------------------
 
 def test_config_builds_a_head_and_its_sampling_defaults() -> None:
@@ -139,7 +177,8 @@ def test_config_builds_a_head_and_its_sampling_defaults() -> None:
 
 @pytest.mark.parametrize(("key", "value"), [("codebook_size", 1), ("kmeans_iters", 0), ("hidden", 0),
                                             ("dropout", 1.0), ("label_smoothing", -0.1), ("kmeans_samples", 8),
-                                            ("frames_per_token", 0), ("frames_per_token", 2)])   # K = 5
+                                            ("frames_per_token", 0), ("frames_per_token", 2),   # K = 5
+                                            ("energy_weight", 0.0), ("loudness_levels", 1), ("loudness_levels", -2)])
 def test_bad_config_names_the_key(key: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"model.head.{key}"):
         TokenHead(STATE, FEATURES, FEATURES, K, C, 4, **{"codebook_size": 16, "kmeans_samples": 16, key: value})
@@ -485,3 +524,99 @@ def test_min_note_frames_gives_way_where_min_p_leaves_no_token_of_the_held_class
     assert (classes[held] == classes[0]).all()
     alone = head.next_token(logits, Sampling(None, 1.0, min_p=0.5), Noise([0, 1]), allowed)
     assert (alone == favourite).all()
+
+
+# --- loudness levels --------------------------------------------------------------------------
+
+LOUD_HEADS = [lambda: make_head(loudness_levels=4), lambda: pair_head(loudness_levels=3)]
+
+
+@pytest.mark.parametrize(("make", "ratio"), list(zip(LOUD_HEADS, (0.5, 0.95))))   # pairs: 3 levels for 2-d residuals
+def test_loudness_levels_refine_mfcc0_and_leave_the_rest_to_the_token(make, ratio: float) -> None:
+    head = make()
+    frames = torch.randn(3, C, FEATURES, generator=torch.Generator().manual_seed(5))
+    tokens = head._tokens(frames)
+    levels = head._levels(frames, tokens)
+    plain, refined = head._frames(head.codebook.decode(tokens)), head._decode(tokens, levels)
+    assert levels.shape == tokens.shape and int(levels.max()) < head.loudness_levels
+    assert torch.equal(refined[..., 1:], plain[..., 1:])
+    error = {name: float(((f[..., 0] - frames[..., 0]) ** 2).mean())
+             for name, f in (("plain", plain), ("refined", refined))}
+    assert error["refined"] < ratio * error["plain"]
+
+
+@pytest.mark.parametrize("make", LOUD_HEADS)
+@pytest.mark.parametrize("guidance", [None, 3.0])
+def test_loudness_levels_sample_a_token_and_its_level(make, guidance: float | None) -> None:
+    head = make()
+    x = head_input(3) if guidance is None else guided_input(head_input(3, seed=0), head_input(3, seed=1))
+    out = draw(head, x, Sampling(guidance, 1.0, top_k=8))
+    assert out.shape == (3, head.segment_frames, FEATURES)
+    tokens = head._tokens(out)
+    assert torch.allclose(head._decode(tokens, head._levels(out, tokens)), out, atol=1e-5)
+    # the level moves MFCC 0 off the token's centroid on some frames
+    assert not torch.allclose(head._frames(head.codebook.decode(tokens))[..., 0], out[..., 0])
+
+
+def test_quantised_context_reads_loudness_levels_too() -> None:
+    head = make_head(loudness_levels=4, quantised_context=True)
+    frames = torch.randn(2, C, FEATURES, generator=torch.Generator().manual_seed(6))
+    tokens = head._tokens(frames)
+    assert torch.equal(head.read_context(frames), head._decode(tokens, head._levels(frames, tokens)))
+
+
+@pytest.mark.parametrize("make", LOUD_HEADS)
+def test_loudness_levels_rollout_matches_teacher_forcing(make) -> None:
+    """The written-out rollout cell and the teacher-forced nn.GRU give the same logits for tokens and levels.
+    (A frame refined by its level may encode to another token, as a real frame of that loudness would,
+    so the comparison is on the tokens and levels themselves, not on re-encoded frames.)"""
+    head = make()
+    x = head_input(3)
+    with torch.no_grad():
+        tokens, levels, logits, level_logits = head._rollout(x, lambda t: t.argmax(-1), lambda t: t.argmax(-1))
+        forced, forced_levels = head._teacher_forced(x, tokens, levels)
+    assert torch.allclose(logits, forced, atol=1e-5) and torch.allclose(level_logits, forced_levels, atol=1e-5)
+    assert torch.equal(levels, level_logits.argmax(-1))
+
+
+def test_loudness_levels_under_guidance_zero_and_one() -> None:
+    head = make_head(loudness_levels=4)
+    cond, uncond = head_input(4, seed=0), head_input(4, seed=1)
+    uncond.context, uncond.mask = cond.context, cond.mask
+    both = guided_input(cond, uncond)
+    assert torch.equal(draw(head, both, Sampling(1.0, 0.0)), draw(head, cond, Sampling(None, 0.0)))
+    assert torch.equal(draw(head, both, Sampling(0.0, 1.0), seed=4), draw(head, uncond, Sampling(None, 1.0), seed=4))
+
+
+def test_loudness_levels_are_learned_with_the_tokens() -> None:
+    head = make_head(vocab=32, loudness_levels=4).train()
+    x = head_input(4)
+    g = torch.Generator().manual_seed(2)
+    tokens, levels = torch.randint(32, (4, K), generator=g), torch.randint(4, (4, K), generator=g)
+    target = head._decode(tokens, levels)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    first = head.loss(x, target)
+    for _ in range(60):
+        opt.zero_grad()
+        out = head.loss(x, target)
+        out["loss"].backward()
+        opt.step()
+    assert first["loudness_bits_per_frame"] > 0.8 * 2 and out["loudness_bits_per_frame"] < 0.2
+    # bits per frame count both choices: the token's and the level's
+    assert torch.allclose(out["bits_per_frame"], out["loss"].detach() / math.log(2))
+    assert out["bits_per_frame"] > out["loudness_bits_per_frame"]
+
+
+def test_loudness_levels_round_trip_through_the_state_dict() -> None:
+    head = make_head(loudness_levels=4)
+    assert "levels.centroids" in head.state_dict() and "levels.centroids" not in make_head().state_dict()
+    buffer = io.BytesIO()
+    torch.save(head.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = TokenHead(state_dim=STATE, feature_dim=FEATURES, out_dim=FEATURES, segment_frames=K, context_frames=C,
+                      n_mfcc=4, codebook_size=16, kmeans_samples=16, hidden=32, embed=16, dropout=0.0,
+                      loudness_levels=4)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    x = guided_input(head_input(2, seed=0), head_input(2, seed=1))
+    s = Sampling(3.0, 1.0, top_k=10, min_note_frames=3)
+    assert torch.equal(draw(fresh.eval(), x, s), draw(head, x, s))

@@ -63,3 +63,21 @@ def test_fine_tuning_starts_from_a_checkpoint_with_its_own_lr_and_frozen_parts(s
     head = next(k for k in source["state_dict"] if k.startswith("model.head.") and k.endswith("weight"))
     assert not torch.equal(tuned["state_dict"][head], source["state_dict"][head]), head
     assert torch.equal(tuned["state_dict"]["model.normaliser.mean"], source["state_dict"]["model.normaliser.mean"])
+
+
+def test_a_token_model_with_loudness_levels_trains_and_generates_from_its_checkpoint(tmp_path):
+    """``model.head.loudness_levels``: the level codebook and its weights travel in the checkpoint as data,
+    the loudness is logged beside the tokens' bits, and generate.py writes music from it."""
+    run_script("train.py", "experiment=smoke", "model.head.loudness_levels=4", f"paths.root_dir={tmp_path}",
+               "run_name=loud")
+    run = tmp_path / "outputs" / "smoke" / "loud"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    data = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert data["hyper_parameters"]["head"]["loudness_levels"] == 4
+    assert data["state_dict"]["model.head.levels.centroids"].shape == (4, 1)
+    assert {"val/bits_per_frame", "val/loudness_bits_per_frame"} <= set(_events(run).Tags()["scalars"])
+    model = load_model(ckpt)
+    assert model.head.loudness_levels == 4 and bool(model.head.levels.fitted)
+    run_script("generate.py", f"ckpt={ckpt}", "prompt=a slow cello line", "duration=1", f"out={tmp_path / 'gen'}",
+               f"paths.root_dir={tmp_path}")
+    assert (tmp_path / "gen" / "a-slow-cello-line-s0.wav").is_file()

@@ -21,18 +21,24 @@ class Codebook(nn.Module):
     """``size`` centroids of dimension ``dim``; ``fitted`` records whether ``fit`` has run.
 
     The shape is fixed at construction (not at ``fit``) so that a fresh codebook can receive a
-    fitted one's state_dict.
+    fitted one's state_dict. ``weights`` [dim] scale each dimension in the distance that fitting and
+    encoding use (all ones: the plain Euclidean k-means); the centroids stay in the frames' own units.
+    A weight above 1 makes the codebook resolve that dimension more finely, at the others' expense.
     """
 
-    def __init__(self, size: int, dim: int) -> None:
+    def __init__(self, size: int, dim: int, weights: torch.Tensor | None = None) -> None:
         super().__init__()
         if size < 2:
             raise ValueError(f"codebook size must be >= 2, got {size}")
         if dim < 1:
             raise ValueError(f"codebook dim must be >= 1, got {dim}")
+        w = torch.ones(dim) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        if w.shape != (dim,) or not bool((w > 0).all()):
+            raise ValueError(f"codebook weights must be [{dim}] positive values, got {w.tolist()}")
         self.size, self.dim = size, dim
         self.register_buffer("centroids", torch.zeros(size, dim))
         self.register_buffer("fitted", torch.tensor(False))
+        self.register_buffer("weights", w, persistent=False)   # a hyper-parameter, rebuilt from the config
 
     def fit(self, frames: torch.Tensor, iters: int, seed: int, max_samples: int | None = None) -> None:
         """k-means on ``frames`` [N, dim]: k-means++ initialisation, then ``iters`` Lloyd iterations.
@@ -47,7 +53,8 @@ class Codebook(nn.Module):
         if iters < 1:
             raise ValueError(f"k-means iters must be >= 1, got {iters}")
         g = torch.Generator().manual_seed(seed)
-        x = frames.detach().to("cpu", torch.float32)
+        w = self.weights.cpu()
+        x = frames.detach().to("cpu", torch.float32) * w
         if max_samples is not None and len(x) > max_samples:
             x = x[torch.randperm(len(x), generator=g)[:max_samples]]
         if len(x) < self.size:  # tiny data: every frame its own token, the rest repeat frames
@@ -55,7 +62,7 @@ class Codebook(nn.Module):
                         "frames (more data, or a smaller model.head.codebook_size)", len(x), self.size)
             c = x[torch.randint(len(x), (self.size,), generator=g)]
             c[: len(x)] = x
-            self.centroids.copy_(c.to(self.centroids))
+            self.centroids.copy_((c / w).to(self.centroids))
             self.fitted.fill_(True)
             return
         c = _kmeans_pp(x, self.size, g)
@@ -74,14 +81,14 @@ class Codebook(nn.Module):
                 c[dead] = x[dist.topk(len(dead)).indices]
         log.info("k-means: %d centroids on %d frames, %d updates, quantisation MSE per dimension %.4f",
                  self.size, len(x), updates, _assign(x, c)[1].mean().item() / self.dim)
-        self.centroids.copy_(c.to(self.centroids))
+        self.centroids.copy_((c / w).to(self.centroids))
         self.fitted.fill_(True)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """[..., dim] -> long [...]: index of the nearest centroid."""
         if x.shape[-1] != self.dim:
             raise ValueError(f"frames must end in dim {self.dim}, got {list(x.shape)}")
-        ids, _ = _assign(x.reshape(-1, self.dim).to(self.centroids), self.centroids)
+        ids, _ = _assign(x.reshape(-1, self.dim).to(self.centroids) * self.weights, self.centroids * self.weights)
         return ids.view(x.shape[:-1])
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:

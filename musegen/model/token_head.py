@@ -38,13 +38,19 @@ class TokenHead(Head):
     centroid, so tokens that sound alike start alike and rare tokens still get a sensible input.
     The backbone state sets the initial hidden state and is added to every step's input, with a
     learned position embedding (the state describes the segment as a whole, not one frame).
+    A k-means centroid averages its frames, so the rare loud frames of attacks are pulled towards
+    quieter ones: tokens flatten the music's dynamics. Two remedies: ``energy_weight`` weighs MFCC 0
+    in the codebook's distance (tokens then spend their resolution on loudness, less on pitch and
+    timbre), and ``loudness_levels`` adds a second, residual token per step: the difference between
+    the frames' MFCC 0 and their token's, quantised to that many levels and predicted after the token
+    (conditioned on it), so a token keeps its pitch and timbre and its loudness is chosen apart.
     """
 
     def __init__(self, state_dim: int, feature_dim: int, out_dim: int, segment_frames: int, context_frames: int,
                  n_mfcc: int, codebook_size: int, kmeans_iters: int = 25, kmeans_samples: int = 200_000,
                  seed: int = 0, hidden: int = 128, embed: int = 64, dropout: float = 0.1,
                  label_smoothing: float = 0.0, quantised_context: bool = False,
-                 frames_per_token: int = 1) -> None:
+                 frames_per_token: int = 1, energy_weight: float = 1.0, loudness_levels: int = 0) -> None:
         super().__init__(state_dim, feature_dim, out_dim, segment_frames, context_frames, n_mfcc)
         for key, value, ok, rule in (
             ("codebook_size", codebook_size, codebook_size >= 2, ">= 2"),
@@ -54,6 +60,9 @@ class TokenHead(Head):
             ("embed", embed, embed >= 1, ">= 1"),
             ("dropout", dropout, 0.0 <= dropout < 1.0, "in [0, 1)"),
             ("label_smoothing", label_smoothing, 0.0 <= label_smoothing < 1.0, "in [0, 1)"),
+            ("energy_weight", energy_weight, energy_weight > 0, "> 0"),
+            ("loudness_levels", loudness_levels, isinstance(loudness_levels, int) and loudness_levels != 1
+             and loudness_levels >= 0, "0 (off) or an int >= 2"),
             ("frames_per_token", frames_per_token, isinstance(frames_per_token, int) and frames_per_token >= 1
              and segment_frames % frames_per_token == 0 and context_frames % frames_per_token == 0,
              f"an int >= 1 dividing segment_frames ({segment_frames}) and context_frames ({context_frames})"),
@@ -67,7 +76,9 @@ class TokenHead(Head):
         self.vocab, self.frames_per_token = codebook_size, frames_per_token
         self.steps = segment_frames // frames_per_token
         self.start_id = codebook_size   # the extra input token of an empty context
-        self.codebook = Codebook(codebook_size, out_dim * frames_per_token)
+        weights = torch.ones(frames_per_token, out_dim)
+        weights[:, 0] = energy_weight   # MFCC 0, each frame's log energy
+        self.codebook = Codebook(codebook_size, out_dim * frames_per_token, weights.flatten())
         self.token_embed = nn.Embedding(codebook_size + 1, embed)
         self.centroid_in = nn.Linear(out_dim * frames_per_token, embed, bias=False)
         self.pos_embed = nn.Parameter(torch.zeros(self.steps, embed))
@@ -76,6 +87,13 @@ class TokenHead(Head):
         self.gru = nn.GRU(embed, hidden, batch_first=True)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, codebook_size)
+        self.loudness_levels = loudness_levels
+        if loudness_levels:
+            self.levels = Codebook(loudness_levels, frames_per_token)   # residual MFCC 0 of a token's P frames
+            self.level_embed = nn.Embedding(loudness_levels + 1, embed)   # + the start level
+            self.level_in = nn.Linear(hidden, embed)
+            self.level_token = nn.Embedding(codebook_size, embed)
+            self.level_out = nn.Linear(embed, loudness_levels)
 
     def prepare(self, clips: Sequence[torch.Tensor]) -> None:
         """Fit the codebook on the groups of P consecutive frames of normalised training clips
@@ -85,8 +103,12 @@ class TokenHead(Head):
             log.info("token head: codebook already fitted, kept")
             return
         p = self.frames_per_token
-        groups = [c[len(c) % p:, : self.out_dim].reshape(-1, p * self.out_dim) for c in clips]
-        self.codebook.fit(torch.cat(groups), self.kmeans_iters, self.seed, self.kmeans_samples)
+        groups = torch.cat([c[len(c) % p:, : self.out_dim].reshape(-1, p * self.out_dim) for c in clips])
+        self.codebook.fit(groups, self.kmeans_iters, self.seed, self.kmeans_samples)
+        if self.loudness_levels:
+            residual = self._residual(groups, self.codebook.encode(groups))
+            # another seed: with as many samples as the codebook's, the same subset would hold only its centroids
+            self.levels.fit(residual, self.kmeans_iters, self.seed + 1, self.kmeans_samples)
 
     def read_context(self, context: torch.Tensor) -> torch.Tensor:
         """With ``quantised_context``, the context's predicted dimensions replaced by their centroids:
@@ -95,19 +117,32 @@ class TokenHead(Head):
         training and centroids in generation; checkpoints without the key were trained that way."""
         if not self.quantised_context:
             return context
-        quantised = self._frames(self.codebook.decode(self._tokens(context)))
+        tokens = self._tokens(context)
+        quantised = self._decode(tokens, self._levels(context, tokens))
         return torch.cat([quantised, context[..., self.out_dim:]], dim=-1)
 
     def loss(self, x: HeadInput, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Teacher-forced cross-entropy of the target's tokens; ``bits_per_frame`` is the plain
         (unsmoothed) cross-entropy in bits per frame (a token's bits / P), the number to compare
-        across runs, codebooks and token lengths."""
+        across runs, codebooks and token lengths; with loudness levels it counts the levels' bits too
+        (``loudness_bits_per_frame`` on their own)."""
         tokens = self._tokens(target)
-        logits = self._teacher_forced(x, tokens).flatten(0, 1)
-        flat = tokens.flatten()
+        levels = self._levels(target, tokens)
+        logits, level_logits = self._teacher_forced(x, tokens, levels)
+        loss, ce = self._cross_entropy(logits, tokens)
+        out = {}
+        if levels is not None:
+            level_loss, level_ce = self._cross_entropy(level_logits, levels)
+            loss, ce = loss + level_loss, ce + level_ce
+            out["loudness_bits_per_frame"] = level_ce / (math.log(2) * self.frames_per_token)
+        return {"loss": loss, "bits_per_frame": ce / (math.log(2) * self.frames_per_token), **out}
+
+    def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the training loss, with label smoothing, and the plain cross-entropy, detached) in nats."""
+        logits, flat = logits.flatten(0, 1), targets.flatten()
         loss = F.cross_entropy(logits, flat, label_smoothing=self.label_smoothing)
         ce = loss if self.label_smoothing == 0 else F.cross_entropy(logits.detach(), flat)
-        return {"loss": loss, "bits_per_frame": ce.detach() / (math.log(2) * self.frames_per_token)}
+        return loss, ce.detach()
 
     def mean(self, x: HeadInput, target: torch.Tensor | None = None) -> torch.Tensor:
         """Expected frame softmax(logits) @ centroids [B, K, out_dim], for the skill metric.
@@ -118,13 +153,18 @@ class TokenHead(Head):
         forecast of the whole segment from the context alone, comparable to MSEHead.mean.
         """
         if target is not None:
-            logits = self._teacher_forced(x, self._tokens(target))
+            tokens = self._tokens(target)
+            logits, level_logits = self._teacher_forced(x, tokens, self._levels(target, tokens))
         else:
-            logits = self._rollout(x, lambda step_logits: step_logits.argmax(-1))[1]
-        return self._frames(logits.softmax(-1) @ self.codebook.centroids)
+            _, _, logits, level_logits = self._rollout(x, lambda step_logits: step_logits.argmax(-1),
+                                                       lambda step_logits: step_logits.argmax(-1))
+        frames = self._frames(logits.softmax(-1) @ self.codebook.centroids)
+        if level_logits is not None:   # the expected loudness given the token read (true or most likely)
+            frames = self._add_levels(frames, level_logits.softmax(-1) @ self.levels.centroids)
+        return frames
 
     def sample(self, x: HeadInput, sampling: Sampling, noise: Noise) -> torch.Tensor:
-        """Sample the next segment token by token: [n, K, out_dim] centroids.
+        """Sample the next segment token by token: [n, K, out_dim] centroids (plus their loudness levels).
 
         Under guidance the 2n rows run together; each step combines row i's and row n + i's
         log-probabilities with ``guide``, draws one token per item and feeds it to both rows.
@@ -137,9 +177,22 @@ class TokenHead(Head):
                 hold.advance(tok)
             return tok
 
-        tokens, _ = self._rollout(x, pick)
+        tokens, levels, _, _ = self._rollout(x, pick, lambda step_logits: self.next_level(step_logits, sampling, noise))
         n = tokens.shape[0] // 2 if sampling.guidance is not None else tokens.shape[0]
-        return self._frames(self.codebook.decode(tokens[:n]))
+        return self._decode(tokens[:n], None if levels is None else levels[:n])
+
+    def next_level(self, logits: torch.Tensor, sampling: Sampling, noise: Noise) -> torch.Tensor:
+        """One step's loudness levels [rows] from their logits [rows, L]: guidance and temperature as for
+        the tokens; no truncation (a handful of levels, all plausible loudnesses of the token drawn)."""
+        logp = logits.log_softmax(-1)
+        if sampling.guidance is not None:
+            n = logp.shape[0] // 2
+            logp = guide(logp[:n], logp[n:], sampling.guidance)
+        if sampling.temperature == 0:
+            lev = logp.argmax(-1)
+        else:
+            lev = _sample_from(logp / sampling.temperature, None, None, noise)
+        return torch.cat([lev, lev]) if sampling.guidance is not None else lev
 
     def next_token(self, logits: torch.Tensor, sampling: Sampling, noise: Noise,
                    allowed: torch.Tensor | None = None) -> torch.Tensor:
@@ -219,28 +272,67 @@ class TokenHead(Head):
         """Frames [..., S * P, out_dim] of token-sized vectors [..., S, P * out_dim] (centroids)."""
         return groups.reshape(*groups.shape[:-2], -1, self.out_dim)
 
-    def _start_tokens(self, x: HeadInput) -> torch.Tensor:
-        """[B]: the token of the context's last P frames, the start token where any of them is padding
-        (contexts are filled from the right, so padding comes first)."""
+    def _residual(self, groups: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """[..., P]: MFCC 0 of each frame of the groups [..., P * out_dim] less their tokens' [...]."""
+        shape = (*groups.shape[:-1], self.frames_per_token, self.out_dim)
+        return (groups.reshape(shape) - self.codebook.decode(tokens).reshape(shape))[..., 0]
+
+    def _levels(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Loudness levels [..., T / P] of frames [..., T, >= out_dim] given their tokens (None when off)."""
+        if not self.loudness_levels:
+            return None
+        x = frames[..., : self.out_dim]
+        return self.levels.encode(self._residual(x.reshape(*x.shape[:-2], -1, self.frames_per_token * self.out_dim),
+                                                 tokens))
+
+    def _add_levels(self, frames: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """Frames [..., S * P, out_dim] with each group's residual MFCC 0 [..., S, P] added."""
+        return torch.cat([frames[..., :1] + residual.reshape(*frames.shape[:-1], 1), frames[..., 1:]], dim=-1)
+
+    def _decode(self, tokens: torch.Tensor, levels: torch.Tensor | None) -> torch.Tensor:
+        """Frames [..., S * P, out_dim] of tokens [..., S] and their loudness levels (or None)."""
+        frames = self._frames(self.codebook.decode(tokens))
+        return frames if levels is None else self._add_levels(frames, self.levels.decode(levels))
+
+    def _start_tokens(self, x: HeadInput) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """([B], [B] or None): the token (and loudness level) of the context's last P frames, the start
+        token (level) where any of them is padding (contexts are filled from the right, so padding comes first)."""
         p = self.frames_per_token
-        tokens = self._tokens(x.context[:, -p:])[:, 0]
-        return torch.where(x.mask[:, -p:].all(1), tokens, torch.full_like(tokens, self.start_id))
+        last = x.context[:, -p:]
+        tokens = self._tokens(last)
+        levels = self._levels(last, tokens)
+        full = x.mask[:, -p:].all(1)
+        tokens = torch.where(full, tokens[:, 0], torch.full_like(tokens[:, 0], self.start_id))
+        if levels is not None:
+            levels = torch.where(full, levels[:, 0], torch.full_like(levels[:, 0], self.loudness_levels))
+        return tokens, levels
 
     def _token_inputs(self) -> torch.Tensor:
         """[V + 1, embed]: every token's input vector (the start token has no centroid)."""
         centroids = F.pad(self.codebook.centroids, (0, 0, 0, 1))
         return self.token_embed.weight + self.centroid_in(centroids)
 
-    def _teacher_forced(self, x: HeadInput, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits [B, K, V] of each target token given the true tokens before it."""
-        inputs = torch.cat([self._start_tokens(x)[:, None], tokens[:, :-1]], dim=1)
-        steps = self._token_inputs()[inputs] + self.state_in(x.state)[:, None] + self.pos_embed
-        out, _ = self.gru(steps, torch.tanh(self.h0(x.state))[None])
-        return self.out(self.drop(out))
+    def _level_logits(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits [..., L] of the loudness level given the decoder's state [..., hidden] and the token drawn [...]."""
+        return self.level_out(torch.tanh(self.level_in(self.drop(h)) + self.level_token(tokens)))
 
-    def _rollout(self, x: HeadInput, pick: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the decoder K / P steps, each reading the token ``pick`` chose from the step before:
-        (tokens [B, K / P], logits [B, K / P, V]).
+    def _teacher_forced(self, x: HeadInput, tokens: torch.Tensor,
+                        levels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits [B, K, V] of each target token given the true tokens (and levels) before it, and
+        logits [B, K, L] of each target level given its true token as well (None without levels)."""
+        start, start_level = self._start_tokens(x)
+        inputs = torch.cat([start[:, None], tokens[:, :-1]], dim=1)
+        steps = self._token_inputs()[inputs] + self.state_in(x.state)[:, None] + self.pos_embed
+        if levels is not None:
+            steps = steps + self.level_embed(torch.cat([start_level[:, None], levels[:, :-1]], dim=1))
+        out, _ = self.gru(steps, torch.tanh(self.h0(x.state))[None])
+        return self.out(self.drop(out)), None if levels is None else self._level_logits(out, tokens)
+
+    def _rollout(self, x: HeadInput, pick: Callable[[torch.Tensor], torch.Tensor],
+                 pick_level: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Run the decoder K / P steps, each reading the token ``pick`` chose from the step before (and
+        the loudness level ``pick_level`` chose given it): (tokens [B, K / P], levels [B, K / P] or None,
+        logits [B, K / P, V], level logits [B, K / P, L] or None).
 
         The GRU cell is written out (the same equations and weights as ``self.gru``) so that the
         state and position part of every step's input projection is computed once per segment:
@@ -253,10 +345,11 @@ class TokenHead(Head):
         table = self._token_inputs()
         gi_fixed = F.linear(self.state_in(x.state)[:, None] + self.pos_embed, w_ih, b_ih)   # [B, K / P, 3H]
         h = torch.tanh(self.h0(x.state))
-        tok = self._start_tokens(x)
-        tokens, logits = [], []
+        tok, lev = self._start_tokens(x)
+        tokens, levels, logits, level_logits = [], [], [], []
         for k in range(self.steps):
-            gi = torch.addmm(gi_fixed[:, k], table[tok], w_ih.T)
+            step_in = table[tok] if lev is None else table[tok] + self.level_embed.weight[lev]
+            gi = torch.addmm(gi_fixed[:, k], step_in, w_ih.T)
             gh = torch.addmm(b_hh, h, w_hh.T)
             r, z = torch.sigmoid(gi[:, :2 * hidden] + gh[:, :2 * hidden]).chunk(2, 1)
             n = torch.tanh(torch.addcmul(gi[:, 2 * hidden:], r, gh[:, 2 * hidden:]))
@@ -265,7 +358,13 @@ class TokenHead(Head):
             tok = pick(step_logits)
             tokens.append(tok)
             logits.append(step_logits)
-        return torch.stack(tokens, 1), torch.stack(logits, 1)
+            if lev is not None:
+                level_logits.append(self._level_logits(h, tok))
+                lev = pick_level(level_logits[-1])
+                levels.append(lev)
+        if lev is None:
+            return torch.stack(tokens, 1), None, torch.stack(logits, 1), None
+        return torch.stack(tokens, 1), torch.stack(levels, 1), torch.stack(logits, 1), torch.stack(level_logits, 1)
 
 
 class _NoteHold:
