@@ -199,17 +199,22 @@ def test_prepare_keeps_a_fitted_codebook() -> None:
     assert torch.equal(head.codebook.centroids, before)
 
 
-def test_head_overfits_a_tiny_batch() -> None:
-    head = make_head(vocab=32).train()
-    x = head_input(4)
-    target = head.codebook.decode(torch.randint(32, (4, K), generator=torch.Generator().manual_seed(2)))
+def overfit(head: TokenHead, x: HeadInput, target: torch.Tensor, steps: int) -> tuple[dict, dict]:
+    """The head's losses on one batch before and after `steps` Adam steps on it."""
     opt = torch.optim.Adam(head.parameters(), lr=1e-2)
     first = head.loss(x, target)
-    for _ in range(50):
+    for _ in range(steps):
         opt.zero_grad()
         out = head.loss(x, target)
         out["loss"].backward()
         opt.step()
+    return first, out
+
+
+def test_head_overfits_a_tiny_batch() -> None:
+    head = make_head(vocab=32).train()
+    target = head.codebook.decode(torch.randint(32, (4, K), generator=torch.Generator().manual_seed(2)))
+    first, out = overfit(head, head_input(4), target, 50)
     assert first["loss"] > 0.8 * math.log(32)
     assert out["loss"] < 0.1 * math.log(32)
     assert torch.allclose(out["bits_per_frame"], out["loss"].detach() / math.log(2))
@@ -593,14 +598,7 @@ def test_loudness_levels_are_learned_with_the_tokens() -> None:
     x = head_input(4)
     g = torch.Generator().manual_seed(2)
     tokens, levels = torch.randint(32, (4, K), generator=g), torch.randint(4, (4, K), generator=g)
-    target = head._decode(tokens, levels)
-    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
-    first = head.loss(x, target)
-    for _ in range(60):
-        opt.zero_grad()
-        out = head.loss(x, target)
-        out["loss"].backward()
-        opt.step()
+    first, out = overfit(head, x, head._decode(tokens, levels), 60)
     assert first["loudness_bits_per_frame"] > 0.8 * 2 and out["loudness_bits_per_frame"] < 0.2
     # bits per frame count both choices: the token's and the level's
     assert torch.allclose(out["bits_per_frame"], out["loss"].detach() / math.log(2))
