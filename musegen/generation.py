@@ -123,16 +123,16 @@ class Generator:
                 raise ValueError(f"{name}: not given, and the checkpoint has no default for it")
             if chosen[name] < 0:
                 raise ValueError(f"{name} must be >= 0, got {chosen[name]}")
-        if chosen["top_k"] is not None and chosen["top_k"] < 1:
-            raise ValueError(f"top_k must be >= 1 or null, got {chosen['top_k']}")
+        for name in ("top_k", "min_note_frames"):   # counts: 2.5 tokens or frames means nothing
+            value = chosen[name]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1 or null, got {value!r}")
         if chosen["top_p"] is not None and not 0 < chosen["top_p"] <= 1:
             raise ValueError(f"top_p must be in (0, 1] or null, got {chosen['top_p']}")
         if chosen["min_p"] is not None and not 0 <= chosen["min_p"] < 1:
             raise ValueError(f"min_p must be in [0, 1) or null, got {chosen['min_p']}")
         if chosen["pitch_temperature"] is not None and chosen["pitch_temperature"] < 0:
             raise ValueError(f"pitch_temperature must be >= 0 or null, got {chosen['pitch_temperature']}")
-        if chosen["min_note_frames"] is not None and chosen["min_note_frames"] < 1:
-            raise ValueError(f"min_note_frames must be >= 1 or null, got {chosen['min_note_frames']}")
         return chosen
 
     # -- generation ----------------------------------------------------------------------------

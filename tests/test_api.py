@@ -65,6 +65,9 @@ def test_save_writes_what_waveforms_hold_and_notebooks_get_one_player_per_item(m
     (dict(duration=0), "duration"),
     (dict(temperature=-1), "temperature"),
     (dict(num_samples=0), "num_samples"),
+    (dict(top_k=2.5), r"top_k must be an integer >= 1 or null, got 2\.5"),   # was a torch traceback
+    (dict(min_note_frames=2.5), r"min_note_frames must be an integer >= 1 or null, got 2\.5"),   # was accepted
+    (dict(top_k=True), "top_k must be an integer"),
 ])
 def test_bad_arguments_are_named(model, kwargs, match):
     with pytest.raises(ValueError, match=match):

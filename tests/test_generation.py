@@ -102,7 +102,7 @@ def test_min_note_frames_holds_every_pitch_class_the_music_changes_to(generator)
     ({"min_p": 1.0}, ValueError, "min_p must be in"),
     ({"min_p": -0.1}, ValueError, "min_p must be in"),
     ({"pitch_temperature": -0.5}, ValueError, "pitch_temperature must be >= 0"),
-    ({"min_note_frames": 0}, ValueError, "min_note_frames must be >= 1"),
+    ({"min_note_frames": 0}, ValueError, "min_note_frames must be an integer >= 1"),
 ])
 def test_bad_arguments_fail_before_writing(tmp_path, smoke_run, overrides, error, match):
     with pytest.raises(error, match=match):
