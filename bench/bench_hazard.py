@@ -105,7 +105,8 @@ def report(args: argparse.Namespace) -> None:
                 x = net(frames[t - c:t][None], torch.ones(1, c, dtype=torch.bool), cond)
                 target = net.target(frames[t:t + k][None])
                 tokens = head._tokens(target)
-                probs = head._teacher_forced(x, tokens, head._levels(target, tokens))[0][0].softmax(-1)
+                logits, _ = head._teacher_forced(x, tokens, head._levels(target, tokens))
+                probs = logits[0].softmax(-1)
                 for j in range(k):
                     # A token covers P frames: frame j's forecast is conditional on the earlier
                     # frames of its token having the classes they have.

@@ -103,7 +103,7 @@ class TokenHead(Head):
             log.info("token head: codebook already fitted, kept")
             return
         p = self.frames_per_token
-        groups = torch.cat([c[len(c) % p:, : self.out_dim].reshape(-1, p * self.out_dim) for c in clips])
+        groups = torch.cat([self._groups(c[len(c) % p:]) for c in clips])
         self.codebook.fit(groups, self.kmeans_iters, self.seed, self.kmeans_samples)
         if self.loudness_levels:
             residual = self._residual(groups, self.codebook.encode(groups))
@@ -177,22 +177,13 @@ class TokenHead(Head):
                 hold.advance(tok)
             return tok
 
-        tokens, levels, _, _ = self._rollout(x, pick, lambda step_logits: self.next_level(step_logits, sampling, noise))
+        # Levels are drawn with the same guidance and temperature, untruncated: a handful of levels, all
+        # plausible loudnesses of the token drawn.
+        level_sampling = Sampling(sampling.guidance, sampling.temperature)
+        tokens, levels, _, _ = self._rollout(x, pick, lambda step_logits: self.next_token(step_logits, level_sampling,
+                                                                                          noise))
         n = tokens.shape[0] // 2 if sampling.guidance is not None else tokens.shape[0]
         return self._decode(tokens[:n], None if levels is None else levels[:n])
-
-    def next_level(self, logits: torch.Tensor, sampling: Sampling, noise: Noise) -> torch.Tensor:
-        """One step's loudness levels [rows] from their logits [rows, L]: guidance and temperature as for
-        the tokens; no truncation (a handful of levels, all plausible loudnesses of the token drawn)."""
-        logp = logits.log_softmax(-1)
-        if sampling.guidance is not None:
-            n = logp.shape[0] // 2
-            logp = guide(logp[:n], logp[n:], sampling.guidance)
-        if sampling.temperature == 0:
-            lev = logp.argmax(-1)
-        else:
-            lev = _sample_from(logp / sampling.temperature, None, None, noise)
-        return torch.cat([lev, lev]) if sampling.guidance is not None else lev
 
     def next_token(self, logits: torch.Tensor, sampling: Sampling, noise: Noise,
                    allowed: torch.Tensor | None = None) -> torch.Tensor:
@@ -262,11 +253,15 @@ class TokenHead(Head):
         if not bool(self.codebook.fitted):
             raise RuntimeError("the token head's codebook is not fitted: call prepare(clips) before training")
 
+    def _groups(self, frames: torch.Tensor) -> torch.Tensor:
+        """Token-sized vectors [..., T / P, P * out_dim] of frames [..., T, >= out_dim], T a multiple of P."""
+        x = frames[..., : self.out_dim]
+        return x.reshape(*x.shape[:-2], -1, self.frames_per_token * self.out_dim)
+
     def _tokens(self, frames: torch.Tensor) -> torch.Tensor:
         """Tokens [..., T / P] of frames [..., T, >= out_dim], T a multiple of P."""
         self._require_fitted()
-        x = frames[..., : self.out_dim]
-        return self.codebook.encode(x.reshape(*x.shape[:-2], -1, self.frames_per_token * self.out_dim))
+        return self.codebook.encode(self._groups(frames))
 
     def _frames(self, groups: torch.Tensor) -> torch.Tensor:
         """Frames [..., S * P, out_dim] of token-sized vectors [..., S, P * out_dim] (centroids)."""
@@ -281,9 +276,7 @@ class TokenHead(Head):
         """Loudness levels [..., T / P] of frames [..., T, >= out_dim] given their tokens (None when off)."""
         if not self.loudness_levels:
             return None
-        x = frames[..., : self.out_dim]
-        return self.levels.encode(self._residual(x.reshape(*x.shape[:-2], -1, self.frames_per_token * self.out_dim),
-                                                 tokens))
+        return self.levels.encode(self._residual(self._groups(frames), tokens))
 
     def _add_levels(self, frames: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """Frames [..., S * P, out_dim] with each group's residual MFCC 0 [..., S, P] added."""
