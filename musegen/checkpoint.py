@@ -94,8 +94,23 @@ def load_model(path: str | Path) -> MuseModel:
     except ValueError as err:   # hyper-parameters this musegen cannot build (another version's)
         raise CheckpointError(f"checkpoint {path}: {err}") from None
     prefix = "model."
-    model.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    weights = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    mismatched = [k for k, v in weights.items() if k in own and v.shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(_mismatch(path, missing, unexpected, mismatched))
+    model.load_state_dict(weights)
     return model.eval()
+
+
+def _mismatch(path: str | Path, missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+    parts = [f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+             for what, keys in (("lacks", missing), ("has unknown", unexpected), ("has other shapes for", mismatched))
+             if keys]
+    return (f"checkpoint {path}: its weights do not fit the model its hyper-parameters build in this musegen "
+            f"(it {'; '.join(parts)}): it was written by another version; retrain or use that version")
 
 
 def file_sha256(path: str | Path) -> str:

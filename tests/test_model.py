@@ -162,6 +162,17 @@ def test_an_older_checkpoint_format_is_refused_with_its_version(tmp_path):
         load_model(path)
 
 
+def test_weights_that_do_not_fit_the_model_are_refused_by_name(tmp_path):
+    module = make_module()
+    state = dict(module.state_dict())
+    name = next(k for k in state if k.startswith("model.head."))
+    state["model.head.retired.weight"] = state.pop(name)
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": dict(module.hparams)}, path)
+    with pytest.raises(CheckpointError, match=rf"do not fit .*lacks {name[len('model.'):]}.*unknown head.retired"):
+        load_model(path)
+
+
 def test_skip_path_needs_that_many_context_frames():
     with pytest.raises(ValueError, match="skip_frames"):
         make_module(head={**MSE, "skip_frames": 20})
