@@ -81,16 +81,29 @@ def median_of(runs: list[dict[str, float]], key: str) -> float:
     return round(statistics.median(r[key] for r in runs), 3)
 
 
+def cli_figures(pairs: list[tuple[float, float]], duration: float) -> dict:
+    """Whole generate.py processes beside bare `import torch` ones."""
+    return {
+        "cli_process_wall_s": [round(cli, 3) for cli, _ in pairs],
+        "import_torch_process_wall_s": [round(torch_only, 3) for _, torch_only in pairs],
+        "cli_over_import_torch_median": round(statistics.median(cli / t for cli, t in pairs), 2),
+        "cli_process_rtf": round(rtf(duration, statistics.median(cli for cli, _ in pairs)), 2),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--ckpt", type=Path)
     p.add_argument("--head", default="mse", help="the head of the fresh demo model when no --ckpt is given")
     p.add_argument("--duration", type=float, default=30.0)
     p.add_argument("--repeats", type=int, default=7, help="timed calls after the first")
-    p.add_argument("--pairs", type=int, default=5, help="generate.py processes, each beside an `import torch` one")
+    p.add_argument("--pairs", type=int, default=5,
+                   help="generate.py processes, each beside an `import torch` one (0: warm calls only)")
     p.add_argument("--vocoder", type=Path, help="a vocoder checkpoint renders the audio in the warm calls "
                                                 "(default: conf/synth's mix)")
     args = p.parse_args()
+    if args.pairs < 0:
+        p.error(f"--pairs must be >= 0, got {args.pairs}")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.ckpt or demo_checkpoint(Path(tmp) / "demo.ckpt", args.head)
@@ -111,10 +124,7 @@ def main() -> None:
             "stages_median_s": {k: median_of(warm, k) for k in ("load", "conditioning", "rollout", "export")},
             "first_call_wall_s": round(first["wall_seconds"], 3),
             "first_call_rtf": round(first["rtf"], 2),
-            "cli_process_wall_s": [round(cli, 3) for cli, _ in pairs],
-            "import_torch_process_wall_s": [round(torch_only, 3) for _, torch_only in pairs],
-            "cli_over_import_torch_median": round(statistics.median(cli / t for cli, t in pairs), 2),
-            "cli_process_rtf": round(rtf(args.duration, statistics.median(cli for cli, _ in pairs)), 2),
+            **(cli_figures(pairs, args.duration) if pairs else {}),
         },
     }))
 

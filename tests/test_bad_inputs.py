@@ -262,3 +262,12 @@ def test_bench_hazard_names_a_bad_input(tmp_path, smoke_run, args, message):
     lines = [line for line in out.stderr.splitlines() if line.startswith("bench_hazard: ")]
     assert len(lines) == 1 and re.search(message, lines[0]), out.stderr[-4000:]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_generation_without_processes_reports_the_warm_calls(tmp_path, smoke_run):
+    out = run_script("bench/bench_generation.py", "--ckpt", str(smoke_run["ckpt"]), "--duration", "1",
+                     "--repeats", "1", "--pairs", "0", cwd=tmp_path)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])["figures"]
+    assert figures["rtf_median"] > 0 and "cli_process_rtf" not in figures
+    bad = run_script("bench/bench_generation.py", "--pairs", "-1", check=False, cwd=tmp_path)
+    assert bad.returncode == 2 and "--pairs must be >= 0, got -1" in bad.stderr and "Traceback" not in bad.stderr
