@@ -563,11 +563,38 @@ def test_loudness_levels_sample_a_token_and_its_level(make, guidance: float | No
     assert not torch.allclose(head._frames(head.codebook.decode(tokens))[..., 0], out[..., 0])
 
 
-def test_quantised_context_reads_loudness_levels_too() -> None:
+def test_quantised_context_reads_the_tokens_without_their_levels() -> None:
     head = make_head(loudness_levels=4, quantised_context=True)
     frames = torch.randn(2, C, FEATURES, generator=torch.Generator().manual_seed(6))
     tokens = head._tokens(frames)
-    assert torch.equal(head.read_context(frames), head._decode(tokens, head._levels(frames, tokens)))
+    assert torch.equal(head.read_context(frames), head._decode(tokens, None))
+    assert not torch.equal(head.read_context(frames), head._decode(tokens, head._levels(frames, tokens)))
+
+
+@pytest.mark.parametrize("make", LOUD_HEADS)
+def test_loudness_levels_do_not_steer_the_tokens(make) -> None:
+    """The token stream reads no level: other level weights draw other levels but the same tokens."""
+    head = make()
+    x = guided_input(head_input(3, seed=0), head_input(3, seed=1))
+    s = Sampling(3.0, 1.0, top_k=8)
+    before = draw(head, x, s)
+    with torch.no_grad():
+        head.level_out.weight.normal_(generator=torch.Generator().manual_seed(9))
+    after = draw(head, x, s)
+    assert torch.equal(head._tokens(before), head._tokens(after))
+    assert not torch.equal(before[..., 0], after[..., 0])
+
+
+def test_the_continuation_of_a_repeated_token_is_its_level() -> None:
+    """One frame per token: the level that holds the loudness through a repeated token is the level it had
+    (with pairs it is the level nearest a flat pair at the last frame's loudness)."""
+    head = make_head(loudness_levels=4)
+    tokens = torch.arange(head.vocab).repeat_interleave(head.loudness_levels)
+    levels = torch.arange(head.loudness_levels).repeat(head.vocab)
+    tables = head._loudness_tables()
+    assert torch.equal(head._continuation(tokens, levels, tokens, tables), levels)
+    start = torch.full_like(tokens, head.start_id)
+    assert (head._continuation(start, levels, tokens, tables) == head.loudness_levels).all()
 
 
 @pytest.mark.parametrize("make", LOUD_HEADS)
@@ -581,7 +608,13 @@ def test_loudness_levels_rollout_matches_teacher_forcing(make) -> None:
         tokens, levels, logits, level_logits = head._rollout(x, lambda t: t.argmax(-1), lambda t: t.argmax(-1))
         forced, forced_levels = head._teacher_forced(x, tokens, levels)
     assert torch.allclose(logits, forced, atol=1e-5) and torch.allclose(level_logits, forced_levels, atol=1e-5)
-    assert torch.equal(levels, level_logits.argmax(-1))
+    # a new token takes the likeliest level, a repeated one keeps the level it had
+    start, start_level = head._start_tokens(x)
+    prev_tokens = torch.cat([start[:, None], tokens[:, :-1]], 1)
+    prev_levels = torch.cat([start_level[:, None], levels[:, :-1]], 1)
+    repeated = tokens == prev_tokens
+    assert repeated.any() and (~repeated).any()
+    assert torch.equal(levels, torch.where(repeated, prev_levels, level_logits.argmax(-1)))
 
 
 def test_loudness_levels_under_guidance_zero_and_one() -> None:

@@ -44,6 +44,11 @@ class TokenHead(Head):
     timbre), and ``loudness_levels`` adds a second, residual token per step: the difference between
     the frames' MFCC 0 and their token's, quantised to that many levels and predicted after the token
     (conditioned on it), so a token keeps its pitch and timbre and its loudness is chosen apart.
+    The levels do not feed back into the token stream (neither the decoder's input nor the context the
+    backbone reads): fed back, they cost the prompted instrument. Each level is predicted from the
+    decoder's state, its token and the *continuation level* (the one that would keep the previous
+    frame's loudness through this token), and a token that repeats keeps its level in sampling:
+    drawn anew at every frame, levels flip between neighbours, which the audio hears as onsets.
     """
 
     def __init__(self, state_dim: int, feature_dim: int, out_dim: int, segment_frames: int, context_frames: int,
@@ -90,7 +95,7 @@ class TokenHead(Head):
         self.loudness_levels = loudness_levels
         if loudness_levels:
             self.levels = Codebook(loudness_levels, frames_per_token)   # residual MFCC 0 of a token's P frames
-            self.level_embed = nn.Embedding(loudness_levels + 1, embed)   # + the start level
+            self.level_prev = nn.Embedding(loudness_levels + 1, embed)   # the continuation level, + the start level
             self.level_in = nn.Linear(hidden, embed)
             self.level_token = nn.Embedding(codebook_size, embed)
             self.level_out = nn.Linear(embed, loudness_levels)
@@ -111,15 +116,14 @@ class TokenHead(Head):
             self.levels.fit(residual, self.kmeans_iters, self.seed + 1, self.kmeans_samples)
 
     def read_context(self, context: torch.Tensor) -> torch.Tensor:
-        """With ``quantised_context``, the context's predicted dimensions replaced by their centroids:
-        generation feeds back centroids, so training then reads the frames it will read there (and a
-        reference clip to continue is read the same way). Off, the backbone reads real frames in
-        training and centroids in generation; checkpoints without the key were trained that way."""
+        """With ``quantised_context``, the context's predicted dimensions replaced by their centroids
+        (without loudness levels): generation feeds back centroids, so training then reads the frames
+        it will read there (and a reference clip to continue is read the same way). Off, the backbone
+        reads real frames in training and centroids in generation; checkpoints without the key were
+        trained that way."""
         if not self.quantised_context:
             return context
-        tokens = self._tokens(context)
-        quantised = self._decode(tokens, self._levels(context, tokens))
-        return torch.cat([quantised, context[..., self.out_dim:]], dim=-1)
+        return torch.cat([self._decode(self._tokens(context), None), context[..., self.out_dim:]], dim=-1)
 
     def loss(self, x: HeadInput, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Teacher-forced cross-entropy of the target's tokens; ``bits_per_frame`` is the plain
@@ -305,27 +309,48 @@ class TokenHead(Head):
         centroids = F.pad(self.codebook.centroids, (0, 0, 0, 1))
         return self.token_embed.weight + self.centroid_in(centroids)
 
-    def _level_logits(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits [..., L] of the loudness level given the decoder's state [..., hidden] and the token drawn [...]."""
-        return self.level_out(torch.tanh(self.level_in(self.drop(h)) + self.level_token(tokens)))
+    def _level_logits(self, h: torch.Tensor, prev_tokens: torch.Tensor, prev_levels: torch.Tensor,
+                      tokens: torch.Tensor, loudness: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Logits [..., L] of the loudness level given the decoder's state [..., hidden], the token drawn
+        [...] and the continuation level of the token and level before it [...]."""
+        hold = self.level_prev(self._continuation(prev_tokens, prev_levels, tokens, loudness))
+        return self.level_out(torch.tanh(self.level_in(self.drop(h)) + self.level_token(tokens) + hold))
+
+    def _loudness_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MFCC 0 of each token's P frames [V + 1, P], each level's residual [L + 1, P]); the start
+        token and the start level read 0."""
+        mfcc0 = F.pad(self.codebook.centroids, (0, 0, 0, 1)).reshape(-1, self.frames_per_token, self.out_dim)[..., 0]
+        return mfcc0, F.pad(self.levels.centroids, (0, 0, 0, 1))
+
+    def _continuation(self, prev_tokens: torch.Tensor, prev_levels: torch.Tensor, tokens: torch.Tensor,
+                      tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """[...]: the level that would hold the loudness of the previous group's last frame through the
+        token drawn (the start level L after the start token); ``tables`` from ``_loudness_tables``."""
+        mfcc0, level = tables
+        loudness = mfcc0[prev_tokens, -1] + level[prev_levels, -1]
+        held = self.levels.encode(loudness[..., None] - mfcc0[tokens])
+        return torch.where(prev_tokens == self.start_id, torch.full_like(held, self.loudness_levels), held)
 
     def _teacher_forced(self, x: HeadInput, tokens: torch.Tensor,
                         levels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, K, V] of each target token given the true tokens (and levels) before it, and
-        logits [B, K, L] of each target level given its true token as well (None without levels)."""
+        """Logits [B, K, V] of each target token given the true tokens before it, and logits [B, K, L]
+        of each target level given its true token and the true token and level before it as well
+        (None without levels)."""
         start, start_level = self._start_tokens(x)
         inputs = torch.cat([start[:, None], tokens[:, :-1]], dim=1)
         steps = self._token_inputs()[inputs] + self.state_in(x.state)[:, None] + self.pos_embed
-        if levels is not None:
-            steps = steps + self.level_embed(torch.cat([start_level[:, None], levels[:, :-1]], dim=1))
         out, _ = self.gru(steps, torch.tanh(self.h0(x.state))[None])
-        return self.out(self.drop(out)), None if levels is None else self._level_logits(out, tokens)
+        if levels is None:
+            return self.out(self.drop(out)), None
+        prev_levels = torch.cat([start_level[:, None], levels[:, :-1]], dim=1)
+        return self.out(self.drop(out)), self._level_logits(out, inputs, prev_levels, tokens, self._loudness_tables())
 
     def _rollout(self, x: HeadInput, pick: Callable[[torch.Tensor], torch.Tensor],
                  pick_level: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Run the decoder K / P steps, each reading the token ``pick`` chose from the step before (and
-        the loudness level ``pick_level`` chose given it): (tokens [B, K / P], levels [B, K / P] or None,
-        logits [B, K / P, V], level logits [B, K / P, L] or None).
+        the loudness level ``pick_level`` chose given it, kept from the step before where the token
+        repeats): (tokens [B, K / P], levels [B, K / P] or None, logits [B, K / P, V], level logits
+        [B, K / P, L] or None).
 
         The GRU cell is written out (the same equations and weights as ``self.gru``) so that the
         state and position part of every step's input projection is computed once per segment:
@@ -339,21 +364,21 @@ class TokenHead(Head):
         gi_fixed = F.linear(self.state_in(x.state)[:, None] + self.pos_embed, w_ih, b_ih)   # [B, K / P, 3H]
         h = torch.tanh(self.h0(x.state))
         tok, lev = self._start_tokens(x)
+        loudness = None if lev is None else self._loudness_tables()
         tokens, levels, logits, level_logits = [], [], [], []
         for k in range(self.steps):
-            step_in = table[tok] if lev is None else table[tok] + self.level_embed.weight[lev]
-            gi = torch.addmm(gi_fixed[:, k], step_in, w_ih.T)
+            gi = torch.addmm(gi_fixed[:, k], table[tok], w_ih.T)
             gh = torch.addmm(b_hh, h, w_hh.T)
             r, z = torch.sigmoid(gi[:, :2 * hidden] + gh[:, :2 * hidden]).chunk(2, 1)
             n = torch.tanh(torch.addcmul(gi[:, 2 * hidden:], r, gh[:, 2 * hidden:]))
             h = n + z * (h - n)
             step_logits = self.out(self.drop(h))
-            tok = pick(step_logits)
+            prev_tok, tok = tok, pick(step_logits)
             tokens.append(tok)
             logits.append(step_logits)
             if lev is not None:
-                level_logits.append(self._level_logits(h, tok))
-                lev = pick_level(level_logits[-1])
+                level_logits.append(self._level_logits(h, prev_tok, lev, tok, loudness))
+                lev = torch.where(tok == prev_tok, lev, pick_level(level_logits[-1]))
                 levels.append(lev)
         if lev is None:
             return torch.stack(tokens, 1), None, torch.stack(logits, 1), None
