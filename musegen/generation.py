@@ -201,6 +201,7 @@ class Generator:
         cond, guided = m.generation_rows(text, reference, has_text, has_ref)  # the same at every step
         settings = Sampling(**{**sampling, "guidance": sampling["guidance"] if guided else None})
         noise = Noise(seeds, self.device)
+        start, start_mask = context, mask
         out: list[torch.Tensor] = []
         steps = math.ceil(total / m.segment_frames)
         for step in tqdm(range(steps), desc="generating", unit="segment", disable=progress is not True):
@@ -210,7 +211,7 @@ class Generator:
             mask = torch.cat([mask, torch.ones(new.shape[:2], dtype=torch.bool, device=self.device)], 1)[:, -c:]
             if callable(progress):
                 progress(step + 1, steps)
-        return torch.cat(out, dim=1)[:, :total].float().cpu().numpy()
+        return m.finish(torch.cat(out, dim=1), start, start_mask)[:, :total].float().cpu().numpy()
 
 
 def batch_items(prompt: str | None | Sequence[str | None], lyrics: str | None | Sequence[str | None],

@@ -201,3 +201,26 @@ def test_guidance_zero_ignores_the_text_and_one_is_the_conditional_model(generat
     np.testing.assert_allclose(generator.generate(prompt="calm piano", guidance=0.0, **still).frames,
                                generator.generate(prompt=None, **still).frames, rtol=1e-4, atol=1e-3)
     assert not np.allclose(generator.generate(prompt="calm piano", guidance=1.0, **kw).frames, piano)
+
+
+def test_the_note_envelope_shapes_the_written_frames_and_leaves_the_tokens_as_drawn(generator):
+    """The generator finishes a generation with the head's envelope: the same draws without it are the
+    tokens' centroids, and with it each frame moves by the envelope at how long its note has lasted."""
+    net, head = generator.model, generator.model.head
+    assert head.envelope_frames > 0
+    shaped = generator.generate(prompt="calm piano melody", duration=2.0, seed=0).frames[0]
+    envelope = head.envelope.clone()
+    try:
+        head.envelope.zero_()
+        plain = generator.generate(prompt="calm piano melody", duration=2.0, seed=0).frames[0]
+    finally:
+        head.envelope.copy_(envelope)
+    normalised = net.normaliser.normalise(torch.as_tensor(plain)[:, : net.out_dim])
+    tokens = head._tokens(normalised)
+    assert torch.allclose(head._decode(tokens, None), normalised, atol=1e-4)   # centroids, as drawn
+    lasted = head._lasted(head._notes(tokens)).clamp(max=head.envelope_frames - 1)
+    expected = plain.copy()
+    expected[:, : net.out_dim] += (envelope[lasted] * net.normaliser.std[: net.out_dim]).numpy()
+    expected[:, net.n_mfcc:] = expected[:, net.n_mfcc:].clip(0.0, 1.0)
+    assert np.allclose(shaped, expected, atol=1e-3)
+    assert not np.allclose(shaped, plain, atol=1e-2)

@@ -233,3 +233,28 @@ def test_a_quantised_context_token_model_reads_real_frames_as_their_centroids() 
     model.head.quantised_context = False
     with torch.no_grad():
         assert not torch.allclose(model(batch["context"], mask, cond).state, real, atol=1e-3)
+
+
+def test_finishing_a_generation_moves_a_token_models_frames_by_its_envelope_in_raw_units() -> None:
+    """MuseModel.finish: the head's envelope in raw units on the predicted dimensions, chroma kept in
+    [0, 1]; a head without a finishing touch leaves the frames exactly as sampled."""
+    head = {"_target_": "musegen.model.token_head.TokenHead", "codebook_size": 8, "kmeans_samples": 64,
+            "hidden": 16, "embed": 8, "dropout": 0.0, "envelope_frames": 4}
+    model = MuseModel(**model_args(head=head)).eval()
+    batch = make_batch()
+    frames = batch["context"].flatten(0, 1)
+    frames[:, 20:] = torch.rand(frames[:, 20:].shape, generator=torch.Generator().manual_seed(0))   # chroma in [0, 1]
+    model.normaliser.set_stats(frames.mean(0), frames.std(0))
+    model.head.prepare([model.normaliser.normalise(frames)])
+    norm, codebook = model.normaliser, model.head.codebook
+    token = norm.denormalise(codebook.centroids[:1]).expand(6, -1)[None]   # one token for six frames
+    empty, none = torch.zeros(1, 12, 32), torch.zeros(1, 12, dtype=torch.bool)
+    finished = model.finish(token, empty, none)
+    envelope = model.head.envelope[[0, 1, 2, 3, 3, 3]] * norm.std
+    expected = token + envelope
+    expected[..., 20:] = expected[..., 20:].clamp(0.0, 1.0)
+    assert torch.allclose(finished, expected, atol=1e-4)
+    assert not torch.allclose(finished, token, atol=1e-3)
+    plain = MuseModel(**model_args()).eval()
+    sampled = frames[None, :6]
+    assert torch.equal(plain.finish(sampled, empty, none), sampled)

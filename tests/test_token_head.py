@@ -651,3 +651,77 @@ def test_loudness_levels_round_trip_through_the_state_dict() -> None:
     x = guided_input(head_input(2, seed=0), head_input(2, seed=1))
     s = Sampling(3.0, 1.0, top_k=10, min_note_frames=3)
     assert torch.equal(draw(fresh.eval(), x, s), draw(head, x, s))
+
+
+DECAY = torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0, -0.5])   # MFCC 0 over a note of six frames
+
+
+def enveloped_notes(notes: int, seed: int) -> torch.Tensor:
+    """Notes of six frames, each on one of four well-apart frames, its MFCC 0 decaying by DECAY."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 20 * torch.randn(4, FEATURES, generator=g)
+    centres[:, 4:] = 20 * torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(2, 1)   # pitch classes 0, 1, 0, 1
+    picks = torch.arange(notes) % 4   # consecutive notes change pitch class, so each note is one run
+    frames = centres[picks].repeat_interleave(len(DECAY), 0)
+    frames[:, 0] += DECAY.repeat(notes)
+    return frames + 0.01 * torch.randn(frames.shape, generator=g)
+
+
+def envelope_head(envelope_frames: int) -> TokenHead:
+    head = TokenHead(state_dim=STATE, feature_dim=FEATURES, out_dim=FEATURES, segment_frames=K, context_frames=C,
+                     n_mfcc=4, codebook_size=4, kmeans_iters=10, kmeans_samples=240, hidden=32, embed=16,
+                     envelope_frames=envelope_frames)
+    head.prepare([enveloped_notes(40, seed=0)])
+    return head.eval()
+
+
+def test_the_note_envelope_is_the_frames_offset_from_their_token_by_how_long_the_note_has_lasted() -> None:
+    head = envelope_head(8)
+    # each token's centroid holds its note's mean loudness; the envelope holds the decay around it
+    assert torch.allclose(head.envelope[: len(DECAY), 0], DECAY - DECAY.mean(), atol=0.02)
+    assert torch.allclose(head.envelope[:, 1:], torch.zeros(8, FEATURES - 1), atol=0.02)
+    # finishing the tokens of new notes gives back their decays
+    notes = enveloped_notes(6, seed=0)
+    centroids = head._decode(head._tokens(notes), None)
+    empty = torch.zeros(1, C, FEATURES)
+    finished = head.finish(centroids[None], empty, torch.zeros(1, C, dtype=torch.bool))[0]
+    assert torch.allclose(finished, notes, atol=0.05)
+    assert (finished[:, 0] - centroids[:, 0]).abs().max() > 1.9
+
+
+def test_the_note_envelope_counts_on_from_the_context_and_caps_at_its_last_frame() -> None:
+    head = envelope_head(4)
+    token = head.codebook.centroids[:1]
+    context = token.expand(C, -1)[None].clone()
+    mask = torch.zeros(1, C, dtype=torch.bool)
+    mask[:, -2:] = True   # two frames of the token so far, the rest padding
+    finished = head.finish(token.expand(3, -1)[None], context, mask)[0]
+    assert torch.allclose(finished - token, head.envelope[[2, 3, 3]], atol=1e-4)
+
+
+def test_without_an_envelope_finishing_leaves_the_frames_as_sampled() -> None:
+    head = make_head()
+    frames = torch.randn(2, K, FEATURES)
+    assert head.finish(frames, torch.randn(2, C, FEATURES), torch.ones(2, C, dtype=torch.bool)) is frames
+    assert "envelope" not in head.state_dict()
+    with pytest.raises(ValueError, match="envelope_frames"):
+        make_head(envelope_frames=4, loudness_levels=4)
+    with pytest.raises(ValueError, match="envelope_frames"):
+        make_head(envelope_frames=-1)
+    # MFCCs only: no pitch classes, each token run is a note
+    mfcc_only = make_head(out_dim=4, envelope_frames=4)
+    tokens = torch.tensor([3, 3, 5, 5, 5])
+    assert torch.equal(mfcc_only._lasted(mfcc_only._notes(tokens)), torch.tensor([0, 1, 0, 1, 2]))
+
+
+def test_the_note_envelope_follows_the_pitch_class_through_changes_of_token() -> None:
+    """A new token of the same pitch class goes on with the note; a new class starts one."""
+    head = envelope_head(8)
+    classes = head.pitch_classes()
+    a, b = [int(i) for i in (classes == classes[0]).nonzero().squeeze(1)[:2]]
+    other = int((classes != classes[0]).nonzero()[0])
+    tokens = torch.tensor([a, a, b, b, other, other, a])
+    frames = head.codebook.decode(tokens)[None]
+    empty, none = torch.zeros(1, C, FEATURES), torch.zeros(1, C, dtype=torch.bool)
+    finished = head.finish(frames, empty, none)
+    assert torch.allclose(finished - frames, head.envelope[[0, 1, 2, 3, 0, 1, 0]][None], atol=1e-4)

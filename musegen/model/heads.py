@@ -93,6 +93,12 @@ class Head(nn.Module, ABC):
         that training reads frames like the ones generation feeds back."""
         return context
 
+    def finish(self, frames: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """A whole generation's sampled frames [n, T, out_dim], normalised, as they are written, given
+        the context it started from ([n, C, feature_dim] normalised, mask [n, C]): as sampled. A head
+        may shape what it sampled once the rollout is over, where the shaping cannot feed back into it."""
+        return frames
+
     def prepare(self, clips: Sequence[torch.Tensor]) -> None:
         """Fit what the head learns from data before training (a codebook), from normalised training
         clips ([T_i, feature_dim] each). Called once, before the first epoch of a fresh model."""

@@ -112,6 +112,17 @@ class MuseModel(nn.Module):
         return raw
 
 
+    def finish(self, frames: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """A whole generation's raw frames [n, T, F] as written, from the raw context [n, C, F] (mask
+        [n, C]) it started from: the head's finishing touch (Head.finish), in raw units."""
+        sampled = self.normaliser.normalise(frames[..., : self.out_dim])
+        change = self.head.finish(sampled, self.normaliser.normalise(context), mask) - sampled
+        out = frames.clone()
+        out[..., : self.out_dim] += change * self.normaliser.std[: self.out_dim]
+        out[..., self.n_mfcc:] = out[..., self.n_mfcc:].clamp(0.0, 1.0)
+        return out
+
+
 def build_head(config: dict[str, Any], **dims: int) -> Head:
     """Instantiate a head config (``_target_`` inside musegen.model) with the model's dimensions."""
     target = str(config.get("_target_", ""))

@@ -49,13 +49,18 @@ class TokenHead(Head):
     decoder's state, its token and the *continuation level* (the one that would keep the previous
     frame's loudness through this token), and a token that repeats keeps its level in sampling:
     drawn anew at every frame, levels flip between neighbours, which the audio hears as onsets.
+    ``envelope_frames`` instead keeps the tokens as they are and gives back the shape of a note: the
+    training frames' mean offset from their token by how many frames their note (its pitch class) has
+    lasted (loud at the start, decaying after), added to the finished generation (``finish``), so the
+    model never reads it.
     """
 
     def __init__(self, state_dim: int, feature_dim: int, out_dim: int, segment_frames: int, context_frames: int,
                  n_mfcc: int, codebook_size: int, kmeans_iters: int = 25, kmeans_samples: int = 200_000,
                  seed: int = 0, hidden: int = 128, embed: int = 64, dropout: float = 0.1,
                  label_smoothing: float = 0.0, quantised_context: bool = False,
-                 frames_per_token: int = 1, energy_weight: float = 1.0, loudness_levels: int = 0) -> None:
+                 frames_per_token: int = 1, energy_weight: float = 1.0, loudness_levels: int = 0,
+                 envelope_frames: int = 0) -> None:
         super().__init__(state_dim, feature_dim, out_dim, segment_frames, context_frames, n_mfcc)
         for key, value, ok, rule in (
             ("codebook_size", codebook_size, codebook_size >= 2, ">= 2"),
@@ -68,6 +73,9 @@ class TokenHead(Head):
             ("energy_weight", energy_weight, energy_weight > 0, "> 0"),
             ("loudness_levels", loudness_levels, isinstance(loudness_levels, int) and loudness_levels != 1
              and loudness_levels >= 0, "0 (off) or an int >= 2"),
+            ("envelope_frames", envelope_frames, isinstance(envelope_frames, int) and envelope_frames >= 0
+             and not (envelope_frames and loudness_levels),
+             "0 (off) or an int >= 1, and 0 with loudness_levels (the levels choose each frame's loudness themselves)"),
             ("frames_per_token", frames_per_token, isinstance(frames_per_token, int) and frames_per_token >= 1
              and segment_frames % frames_per_token == 0 and context_frames % frames_per_token == 0,
              f"an int >= 1 dividing segment_frames ({segment_frames}) and context_frames ({context_frames})"),
@@ -99,6 +107,9 @@ class TokenHead(Head):
             self.level_in = nn.Linear(hidden, embed)
             self.level_token = nn.Embedding(codebook_size, embed)
             self.level_out = nn.Linear(embed, loudness_levels)
+        self.envelope_frames = envelope_frames
+        if envelope_frames:
+            self.register_buffer("envelope", torch.zeros(envelope_frames, out_dim))
 
     def prepare(self, clips: Sequence[torch.Tensor]) -> None:
         """Fit the codebook on the groups of P consecutive frames of normalised training clips
@@ -114,6 +125,52 @@ class TokenHead(Head):
             residual = self._residual(groups, self.codebook.encode(groups))
             # another seed: with as many samples as the codebook's, the same subset would hold only its centroids
             self.levels.fit(residual, self.kmeans_iters, self.seed + 1, self.kmeans_samples)
+        if self.envelope_frames:
+            self._fit_envelope([c[len(c) % p:] for c in clips])
+
+    def _fit_envelope(self, clips: Sequence[torch.Tensor]) -> None:
+        """``envelope`` [E, out_dim]: the mean of the training frames less their tokens' centroids, by
+        how many frames their note has lasted (frames from E - 1 on share the last row)."""
+        sums = torch.zeros(self.envelope_frames, self.out_dim, dtype=torch.float64)
+        counts = torch.zeros(self.envelope_frames, dtype=torch.float64)
+        for clip in clips:
+            tokens = self._tokens(clip)
+            residual = clip[:, : self.out_dim] - self._decode(tokens, None)
+            lasted = self._lasted(self._notes(tokens)).clamp(max=self.envelope_frames - 1)
+            sums.index_add_(0, lasted, residual.double())
+            counts += torch.bincount(lasted, minlength=self.envelope_frames).double()
+        self.envelope.copy_((sums / counts.clamp(min=1)[:, None]).to(self.envelope))
+        log.info("token head: note envelope of %d frames, MFCC 0 from %+.2f to %+.2f (normalised units)",
+                 self.envelope_frames, self.envelope[0, 0].item(), self.envelope[-1, 0].item())
+
+    def _notes(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[...]: what tells the notes of tokens [...] apart: their pitch class, or without chroma the
+        token itself (a token change within a pitch class is the same note getting louder or quieter)."""
+        return self.pitch_classes()[tokens] if self.out_dim > self.n_mfcc else tokens
+
+    def _lasted(self, notes: torch.Tensor) -> torch.Tensor:
+        """Frames [..., S * P] of notes [..., S] (``_notes``): how many frames the note of each frame has
+        lasted before it (0 at its first frame)."""
+        steps = torch.arange(notes.shape[-1], device=notes.device)
+        starts = torch.ones_like(notes, dtype=torch.bool)
+        starts[..., 1:] = notes[..., 1:] != notes[..., :-1]
+        run_start = torch.where(starts, steps, 0).cummax(-1).values
+        p = self.frames_per_token
+        frames = ((steps - run_start) * p)[..., None] + torch.arange(p, device=notes.device)
+        return frames.flatten(-2)
+
+    def finish(self, frames: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """With ``envelope_frames``, each frame moved by the note envelope at how long its note has
+        lasted, counted on from the context: a centroid averages the frames of a note's attack and of
+        its decay, the envelope puts the typical shape back. Applied to the finished generation, not
+        in the rollout, so the context the model reads stays centroids."""
+        if not self.envelope_frames:
+            return frames
+        p, c = self.frames_per_token, context.shape[1]
+        start = torch.where(mask.reshape(len(mask), -1, p).all(-1), self._notes(self._tokens(context)), -1)  # padding
+        lasted = self._lasted(torch.cat([start, self._notes(self._tokens(frames))], dim=1))[:, c:]
+        lasted = lasted.clamp(max=self.envelope_frames - 1)
+        return frames + self.envelope[lasted]
 
     def read_context(self, context: torch.Tensor) -> torch.Tensor:
         """With ``quantised_context``, the context's predicted dimensions replaced by their centroids
