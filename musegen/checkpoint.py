@@ -7,6 +7,7 @@ import hashlib
 import pickle
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,22 +96,25 @@ def load_model(path: str | Path) -> MuseModel:
         raise CheckpointError(f"checkpoint {path}: {err}") from None
     prefix = "model."
     weights = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    own = model.state_dict()
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    mismatched = [k for k, v in weights.items() if k in own and v.shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(_mismatch(path, missing, unexpected, mismatched))
+    differs = unfitting_weights(model.state_dict(), weights)
+    if differs:
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit the model its hyper-parameters build in "
+                              f"this musegen (it {differs}): it was written by another version; retrain or use "
+                              "that version")
     model.load_state_dict(weights)
     return model.eval()
 
 
-def _mismatch(path: str | Path, missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+def unfitting_weights(own: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]) -> str | None:
+    """What keeps ``weights`` from loading into a model whose state_dict is ``own`` ("lacks a, b; has
+    unknown c; has other shapes for d", three names of each at most), or None where they fit."""
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    mismatched = [k for k, v in weights.items() if k in own and v.shape != own[k].shape]
     parts = [f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
              for what, keys in (("lacks", missing), ("has unknown", unexpected), ("has other shapes for", mismatched))
              if keys]
-    return (f"checkpoint {path}: its weights do not fit the model its hyper-parameters build in this musegen "
-            f"(it {'; '.join(parts)}): it was written by another version; retrain or use that version")
+    return "; ".join(parts) or None
 
 
 def file_sha256(path: str | Path) -> str:

@@ -271,3 +271,12 @@ def test_bench_generation_without_processes_reports_the_warm_calls(tmp_path, smo
     assert figures["rtf_median"] > 0 and "cli_process_rtf" not in figures
     bad = run_script("bench/bench_generation.py", "--pairs", "-1", check=False, cwd=tmp_path)
     assert bad.returncode == 2 and "--pairs must be >= 0, got -1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_fine_tuning_names_the_weights_a_checkpoint_lacks_for_the_runs_model(tmp_path, smoke_run):
+    """A run whose model config differs from its init_from checkpoint's (here: without the token head's
+    envelope) used to end in load_state_dict's RuntimeError and a traceback."""
+    _refused("train.py", tmp_path, rf"init_from {smoke_run['ckpt']}: its weights do not fit the model this run's "
+             r"config builds \(it has unknown head\.envelope\).*model settings it was trained with",
+             "experiment=smoke", "callbacks=none", "test=false", "trainer.max_epochs=1",
+             f"init_from={smoke_run['ckpt']}", "model.head.envelope_frames=0")

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
 
-from musegen.checkpoint import file_sha256, read_checkpoint
+from musegen.checkpoint import CheckpointError, file_sha256, read_checkpoint, unfitting_weights
 from musegen.io import atomic_path
 from musegen.model_card import checkpoint_folders, now, training_facts, write_training_card
 from musegen.sweep import job_devices
@@ -88,6 +88,15 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
 def start_from(module: L.LightningModule, checkpoint: dict, path: str, lr: float, freeze: list[str]) -> None:
     """Fine-tuning: weights and normalisation from `checkpoint`, the fine-tuning learning rate, the
     named parts of the model frozen; the new run's checkpoints record where it started."""
+    def named(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:   # as load_model names them
+        return {k.removeprefix("model."): v for k, v in state.items()}
+
+    differs = unfitting_weights(named(module.state_dict()), named(checkpoint["state_dict"]))
+    if differs:
+        raise CheckpointError(f"init_from {path}: its weights do not fit the model this run's config builds (it "
+                              f"{differs}); fine-tuning keeps the checkpoint's architecture: give the run the model "
+                              "settings it was trained with (its hyper-parameters, or the .hydra/config.yaml "
+                              "beside it)")
     module.load_state_dict(checkpoint["state_dict"])
     module.hparams["lr"] = lr
     module.hparams["init_from"] = {"path": str(path), "sha256": file_sha256(path)}
