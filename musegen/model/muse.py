@@ -111,7 +111,6 @@ class MuseModel(nn.Module):
         raw[..., self.n_mfcc:] = raw[..., self.n_mfcc:].clamp(0.0, 1.0)
         return raw
 
-
     def finish(self, frames: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """A whole generation's raw frames [n, T, F] as written, from the raw context [n, C, F] (mask
         [n, C]) it started from: the head's finishing touch (Head.finish), in raw units."""

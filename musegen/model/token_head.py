@@ -148,6 +148,12 @@ class TokenHead(Head):
         token itself (a token change within a pitch class is the same note getting louder or quieter)."""
         return self.pitch_classes()[tokens] if self.out_dim > self.n_mfcc else tokens
 
+    def _context_notes(self, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[rows, C / P]: the notes (``_notes``) of a context's tokens [rows, C, >= out_dim] (mask [rows, C]),
+        -1 for a token whose frames hold padding."""
+        full = mask.reshape(len(mask), -1, self.frames_per_token).all(-1)
+        return torch.where(full, self._notes(self._tokens(context)), -1)
+
     def _lasted(self, notes: torch.Tensor) -> torch.Tensor:
         """Frames [..., S * P] of notes [..., S] (``_notes``): how many frames the note of each frame has
         lasted before it (0 at its first frame)."""
@@ -166,10 +172,8 @@ class TokenHead(Head):
         in the rollout, so the context the model reads stays centroids."""
         if not self.envelope_frames:
             return frames
-        p, c = self.frames_per_token, context.shape[1]
-        start = torch.where(mask.reshape(len(mask), -1, p).all(-1), self._notes(self._tokens(context)), -1)  # padding
-        lasted = self._lasted(torch.cat([start, self._notes(self._tokens(frames))], dim=1))[:, c:]
-        lasted = lasted.clamp(max=self.envelope_frames - 1)
+        notes = torch.cat([self._context_notes(context, mask), self._notes(self._tokens(frames))], dim=1)
+        lasted = self._lasted(notes)[:, context.shape[1]:].clamp(max=self.envelope_frames - 1)
         return frames + self.envelope[lasted]
 
     def read_context(self, context: torch.Tensor) -> torch.Tensor:
@@ -453,11 +457,9 @@ class _NoteHold:
 
     def __init__(self, head: TokenHead, x: HeadInput, min_frames: int) -> None:
         self.classes, self.p, self.min_frames = head.pitch_classes(), head.frames_per_token, min_frames
-        groups = self.classes[head._tokens(x.context)]   # [rows, C / P]
-        valid = x.mask.reshape(len(groups), -1, self.p).all(-1)
-        self.current = torch.where(valid[:, -1], groups[:, -1], -1)   # -1: no class yet, any may start
-        same = (groups == self.current[:, None]) & valid
-        self.lasted = torch.where(valid[:, -1], same.long().flip(1).cumprod(1).sum(1) * self.p, min_frames)
+        notes = head._context_notes(x.context, x.mask)   # [rows, C / P]: pitch classes (the model predicts chroma)
+        self.current = notes[:, -1]   # -1: no class yet, any may start
+        self.lasted = torch.where(self.current >= 0, head._lasted(notes)[:, -1] + 1, min_frames)
 
     def allowed(self) -> torch.Tensor:
         """[rows, V]: the tokens each row may draw next."""
