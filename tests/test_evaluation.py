@@ -45,7 +45,7 @@ FEATS = FeatureConfig()
 SETTINGS = dict(num_prompts=1, seconds=1.0, max_test_clips=2, guidance=None, temperature=None, top_k=None, top_p=None,
                 min_p=None, pitch_temperature=None, min_note_frames=None, seed=0,
                 write_samples=False, labels=None, max_labels=None, rtf_repeats=1, realism_seconds=4.0,
-                long_seconds=8.0, metrics=None)
+                long_seconds=8.0, fad_samples=2, metrics=None)
 SR = FEATS.sample_rate
 
 
@@ -319,3 +319,26 @@ def test_note_references_read_every_test_clip_not_only_the_evaluated_ones(tmp_pa
     truth = [note_statistics(midi_notes(dm.cache.midi[i], span), span)["notes_per_second"]
              for i, span in zip(evaluation.test_ids, spans)]
     assert notes["ground_truth_midi"]["notes_per_second"] == pytest.approx(float(np.median(truth)))
+
+
+def test_fad_makes_up_its_set_with_more_prompt_samples_on_fresh_seeds(tmp_path, smoke_run):
+    """FAD compared the adherence samples alone, a set so small that real training clips scored about
+    twice the floor; it now compares `fad_samples` clips, made up with more prompt samples whose
+    labels take turns and whose seeds no adherence sample used."""
+    gen = Generator.from_checkpoint(smoke_run["ckpt"], device="cpu")
+    dm = build_datamodule(training_data_config(smoke_run["ckpt"]), gen)
+    export = instantiate(OmegaConf.load(CONF / "export" / "default.yaml"))
+    settings = EvalSettings(**{**SETTINGS, "max_labels": 2, "fad_samples": 7})
+    evaluation = Evaluation(gen, dm, settings, Synthesizer(gen.features, n_iter=2), export, tmp_path)
+    evaluation.prompt_adherence()
+    adherence_seeds = {s.meta["seed"] for s in evaluation.generated}
+    more = evaluation._more_prompt_samples(5)
+    assert [s.label for s in more] == [evaluation.prompted[i % 2] for i in range(5)]
+    assert len({s.meta["seed"] for s in more}) == 5 and not adherence_seeds & {s.meta["seed"] for s in more}
+    assert evaluation._more_prompt_samples(0) == []
+    entry = evaluation.fad()
+    assert entry["details"]["generated"] == 7 and entry["details"]["adherence_samples"] == 2
+    assert entry["details"]["train_same_size_clips"] == min(7, len(evaluation.train_ids))
+    assert math.isfinite(entry["value"]) and math.isfinite(entry["details"]["adherence_samples_only"])
+    with pytest.raises(ValueError, match="fad_samples"):
+        EvalSettings(**{**SETTINGS, "fad_samples": 1})

@@ -70,6 +70,7 @@ class EvalSettings:
     rtf_repeats: int
     realism_seconds: float          # each generated clip the realism measures hear
     long_seconds: float             # the long generation whose first and last windows are compared
+    fad_samples: int                # generated clips FAD compares with the test clips
     metrics: tuple[str, ...] | None  # the metrics to compute (None: all of METRICS)
 
     def __post_init__(self) -> None:
@@ -89,6 +90,8 @@ class EvalSettings:
         if self.realism_seconds < 4.0 or self.long_seconds < 8.0:
             raise ValueError(f"realism_seconds must be >= 4 and long_seconds >= 8 (the descriptors use 4 s "
                              f"windows), got {self.realism_seconds} and {self.long_seconds}")
+        if self.fad_samples < 2:
+            raise ValueError(f"fad_samples must be >= 2 (FAD fits a covariance), got {self.fad_samples}")
         if self.rtf_repeats < 1:
             raise ValueError(f"rtf_repeats must be >= 1, got {self.rtf_repeats}")
         if self.max_test_clips < 2:
@@ -146,6 +149,7 @@ class Evaluation:
         self.test_ids = datamodule.clip_indices("test")
         self.eval_ids = self._subset(self.test_ids)
         self.generated: list[Sample] = []   # default-guidance samples, for pitch_fidelity and fad
+        self.prompted: list[str] = []       # the labels prompt_adherence prompted for
         self._resynthesised: dict[tuple[int, str | None], Sample] = {}
 
     def _subset(self, ids: list[int]) -> list[int]:
@@ -185,7 +189,7 @@ class Evaluation:
     def prompt_adherence(self) -> dict[str, Any]:
         clf = InstrumentClassifier(self.feats.n_mfcc, seed=self.s.seed).fit(
             self.frames(self.train_ids), self.labels(self.train_ids))
-        labels = self.prompt_labels(clf.classes)
+        labels = self.prompted = self.prompt_labels(clf.classes)
         test_acc = clf.accuracy(self.frames(self.test_ids), self.labels(self.test_ids))
         resynth_acc = clf.accuracy([self._resynth(i).extracted for i in self.eval_ids], self.labels(self.eval_ids))
         acc, heard_as = {}, {}
@@ -253,22 +257,40 @@ class Evaluation:
                       chance=random, details={"samples": len(self.generated)}, name="pitch_fidelity")
 
     def fad(self) -> dict[str, Any]:
+        """FAD of `fad_samples` generated clips: the adherence samples and, to make up the number, more
+        prompt samples. FAD's estimate grows as a set shrinks, so the floor (every training clip) is
+        only comparable with a generated set of about its size; `train_same_size` is the floor at
+        exactly this size."""
         norm = self.gen.model.normaliser
         mean, std = norm.mean.cpu().numpy(), norm.std.cpu().numpy()
         real_test = self.frames(self.test_ids)
-        generated = [x.extracted for x in self.generated]
+        adherence = [x.extracted for x in self.generated]
+        generated = adherence + [x.extracted for x in self._more_prompt_samples(self.s.fad_samples - len(adherence))]
         value = fad(generated, real_test, mean, std)
         floor = fad(self.frames(self.train_ids), real_test, mean, std)
         noise = fad(white_noise_frames(len(generated), self.s.seconds, self.feats, self.s.seed), real_test, mean, std)
         # What a perfect model would score: as many training clips as there are generated samples
-        # (the estimate grows as a set shrinks), as they are and through generate.py's audio path.
+        # (or all of them), as they are and through generate.py's audio path.
         ids = self._choose(self.train_ids, len(generated))
         same_size = fad(self.frames(ids), real_test, mean, std)
         resynth = fad([self._resynth(i).extracted for i in ids], real_test, mean, std)
         return _entry(value, {"floor_train_vs_test": floor, "train_same_size": same_size,
                               "train_same_size_resynthesised": resynth, "white_noise": noise}, name="fad",
-                      details={"generated": len(generated), "real_test": len(real_test),
+                      details={"generated": len(generated), "adherence_samples": len(adherence),
+                               "adherence_samples_only": fad(adherence, real_test, mean, std),
+                               "real_test": len(real_test), "train_same_size_clips": len(ids),
                                "note": "pooled [mean, std] of standardised frames; small sets bias FAD upwards"})
+
+    def _more_prompt_samples(self, n: int) -> list[Sample]:
+        """n more default-guidance prompt samples, the labels taking turns, on seeds after those of
+        prompt_adherence's samples (none when n <= 0)."""
+        if n <= 0:
+            return []
+        labels = self.prompted
+        per_label = -(-n // len(labels))
+        samples = prompt_samples(self.gen, labels, self.guidance, per_label, self.s.seconds, self.audio_path,
+                                 self.sampling, self.s.seed + len(labels) * self.s.num_prompts)
+        return [samples[i * per_label + j] for j in range(per_label) for i in range(len(labels))][:n]
 
     def note_f1(self) -> dict[str, Any]:
         ids = [i for i in self.eval_ids if self.cache.midi[i]]
