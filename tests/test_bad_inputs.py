@@ -190,8 +190,12 @@ def test_generate_checks_its_arguments_before_any_work(tmp_path, smoke_run, over
 @pytest.mark.parametrize("override, message", [
     ("settings.min_p=abc", r"settings\.min_p='abc': must be a number or null"),
     ("settings.top_k=0.5", r"settings\.top_k=0\.5: must be an integer or null"),
+    # the sizes used to fail in a comparison, naming neither the setting nor what it must be
+    ("settings.fad_samples=many", r"settings\.fad_samples='many': must be an integer$"),
+    ("settings.seconds=abc", r"settings\.seconds='abc': must be a number$"),
+    ("settings.max_labels=1.5", r"settings\.max_labels=1\.5: must be an integer or null"),
 ])
-def test_evaluate_names_a_mistyped_sampling_setting(tmp_path, smoke_run, override, message):
+def test_evaluate_names_a_mistyped_setting(tmp_path, smoke_run, override, message):
     assert _refused("evaluate.py", tmp_path, message, f"ckpt={smoke_run['ckpt']}",
                     f"hydra.run.dir={tmp_path / 'eval'}", override) == set()
 

@@ -24,6 +24,14 @@ from musegen.model_card_markdown import metric_rows
 
 log = logging.getLogger(__name__)
 
+#: evaluate.py's settings besides the sampling ones: (type, whether null is allowed), checked as
+#: generate.py checks its arguments (Hydra reads `settings.seconds=abc` as a string).
+SETTINGS: dict[str, tuple[type, bool]] = {
+    "num_prompts": (int, False), "seconds": (float, False), "max_test_clips": (int, False), "seed": (int, False),
+    "write_samples": (bool, False), "max_labels": (int, True), "rtf_repeats": (int, False),
+    "realism_seconds": (float, False), "long_seconds": (float, False), "fad_samples": (int, False),
+}
+
 
 def run_config_path(ckpt: str | Path) -> Path:
     """Where train.py left the checkpoint's run config: <run>/.hydra/config.yaml (ckpt is <run>/checkpoints/x.ckpt)."""
@@ -72,7 +80,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path, generate_cfg: Dict
     """Checkpoint + data config -> every metric -> <out_dir>/metrics.json; `generate_cfg` is the
     generate.py config the rtf metric times."""
     start = time.perf_counter()
-    for name, (kind, nullable) in SAMPLING_ARGUMENTS.items():   # before any work, as generate.py
+    for name, (kind, nullable) in {**SAMPLING_ARGUMENTS, **SETTINGS}.items():   # before any work, as generate.py
         typed(f"settings.{name}", cfg.settings[name], kind, nullable)
     settings = instantiate(cfg.settings)
     generator = Generator.from_checkpoint(cfg.ckpt, device=cfg.device)
