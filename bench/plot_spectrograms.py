@@ -5,8 +5,9 @@ docs/BENCHMARKS.md shows of a model's music.
         --ckpt outputs/demo/make-demo/checkpoints/last.ckpt --prompt "a gentle piano tune" --out docs/sample.png
 
 Each generated row is `musegen.load(ckpt).generate(prompt)` with the checkpoint's default sampling
-(or its --min-p / --min-note-frames), rendered by conf/synth's mix or --vocoder; real clips are shown
-as recorded, cut to --seconds.
+(or its --min-p / --min-note-frames), rendered by its --vocoder or conf/synth's mix; real clips are
+shown as recorded, cut to --seconds. One checkpoint given twice, with `--vocoder mix PATH`, shows the
+same generation through both.
 """
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ def main() -> None:
                    help="min_p per checkpoint, in order (0 = off; default: each checkpoint's own)")
     p.add_argument("--min-note-frames", nargs="*", default=[], type=int,
                    help="min_note_frames per checkpoint, in order (1 = off; default: each checkpoint's own)")
-    p.add_argument("--vocoder", type=Path, help="a vocoder checkpoint renders the audio (default: conf/synth's mix)")
+    p.add_argument("--vocoder", nargs="*", default=[],
+                   help="per checkpoint, in order: a vocoder checkpoint that renders its audio, or mix (the default) "
+                        "for conf/synth's analytic synthesis")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args()
     with user_errors("plot_spectrograms"):
@@ -44,11 +47,12 @@ def main() -> None:
 def run(args: argparse.Namespace) -> None:
     """Render the rows and write the figure."""
     logging.basicConfig(level=logging.INFO)
-    models = [musegen.load(ckpt, device="cpu", vocoder=args.vocoder) for ckpt in args.ckpt]
+    pad = [None] * len(args.ckpt)
+    vocoders = [None if v in (None, "mix") else Path(v) for v in args.vocoder + pad]
+    models = [musegen.load(ckpt, device="cpu", vocoder=vocoder) for ckpt, vocoder in zip(args.ckpt, vocoders)]
     sample_rate = models[0].sample_rate
     rows = [load_audio(path, sample_rate)[: int(args.seconds * sample_rate)] for path in args.real]
     titles = [f"real clip: {path.name}" for path in args.real]
-    pad = [None] * len(args.ckpt)
     for model, ckpt, label, min_p, min_note_frames in zip(models, args.ckpt, args.label + pad, args.min_p + pad,
                                                           args.min_note_frames + pad):
         music = model.generate(args.prompt, args.seconds, seed=args.seed, min_p=min_p,

@@ -149,10 +149,7 @@ def load(checkpoint: str | Path, device: str = "auto", vocoder: str | Path | Non
         if settings.synthesis == "vocoder":
             raise ValueError("export.synthesis=vocoder needs vocoder=PATH (a checkpoint from experiment=vocoder_demo)")
         return MusicModel(generator, instantiate(synth)(generator.features), settings, sources)
-    voc = load_vocoder(vocoder)
-    if voc.features != generator.features:
-        raise ValueError(f"vocoder={vocoder}: built for other features than the checkpoint's "
-                         f"({voc.features} vs {generator.features})")
+    voc = load_vocoder(vocoder, generator.features)
     sources["vocoder"] = {"path": str(vocoder), "sha256": file_sha256(vocoder)}
     return MusicModel(generator, voc, replace(settings, synthesis="vocoder"), sources)
 

@@ -186,12 +186,20 @@ def _evaluation_section(facts: Mapping[str, Any]) -> str:
             f"### `{name}`\n\nEvaluated {e.get('evaluated_at', 'n/a')} on {e.get('device', 'n/a')} in "
             f"{_duration(e.get('seconds'))}: {data.get('evaluated_test_clips', 'n/a')} of "
             f"{data.get('test_clips', 'n/a')} test clips, {s.get('num_prompts', 'n/a')} prompts per label, "
-            f"{s.get('seconds', 'n/a')} s each, seed {s.get('seed', 'n/a')}; checkpoint sha256 "
+            f"{s.get('seconds', 'n/a')} s each, seed {s.get('seed', 'n/a')}; {_audio_path(e.get('vocoder'))}; "
+            "checkpoint sha256 "
             f"`{str(e.get('checkpoint_sha256', ''))[:16]}`; every figure in `{e.get('metrics_json', 'n/a')}`. "
             "Baselines are measured in the same run; definitions in docs/DESIGN.md.\n\n"
             + _table(("metric", "model", "baselines (same run)", "chance", "target"),
                      [(n, v, "<br>".join(b), c, t) for n, v, b, c, t in metric_rows(e["metrics"])]))
     return "\n\n".join(out)
+
+
+def _audio_path(vocoder: Mapping[str, Any] | None) -> str:
+    """How an evaluation heard the generated audio: the vocoder it was given, or the analytic synthesis."""
+    if not vocoder:
+        return "audio through the analytic synthesis"
+    return f"audio through the vocoder `{vocoder['path']}` (sha256 `{str(vocoder['sha256'])[:16]}`)"
 
 
 def _use_section(facts: Mapping[str, Any]) -> str:

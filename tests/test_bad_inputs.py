@@ -200,6 +200,11 @@ def test_evaluate_names_a_mistyped_setting(tmp_path, smoke_run, override, messag
                     f"hydra.run.dir={tmp_path / 'eval'}", override) == set()
 
 
+def test_evaluate_refuses_a_generator_checkpoint_as_its_vocoder(tmp_path, smoke_run):
+    assert _refused("evaluate.py", tmp_path, r"not a musegen vocoder checkpoint", f"ckpt={smoke_run['ckpt']}",
+                    f"vocoder={smoke_run['ckpt']}", f"hydra.run.dir={tmp_path / 'eval'}") == set()
+
+
 def test_generate_refuses_a_file_as_out_and_a_folder_as_audio(tmp_path, smoke_run):
     bad = _bad_files(tmp_path / "in")
     assert _refused("generate.py", tmp_path, rf"out={bad['a_file']}: {bad['a_file']} is a file, not a folder",

@@ -21,6 +21,8 @@ from musegen.eval.metrics import (
     InstrumentClassifier,
     fad,
     frechet_distance,
+    mel_embedding,
+    mel_fad,
     midi_notes,
     note_f1,
     pitch_class_profile,
@@ -136,6 +138,34 @@ def test_fad_of_identical_clips_is_zero_and_noise_is_far():
     assert fad([c + 10 for c in clips], clips) > 100
 
 
+def _tones(n: int, seed: int, smear: float = 0.0, seconds: float = 2.0) -> list[np.ndarray]:
+    """Decaying harmonic tones at random pitches; `smear` adds broadband noise of that share of the RMS."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    clips = []
+    for _ in range(n):
+        f0 = 110.0 * 2 ** rng.uniform(0, 2)
+        y = sum(np.sin(2 * np.pi * h * f0 * t + rng.uniform(0, 6.3)) / h for h in range(1, 7)) * np.exp(-1.5 * t)
+        y = y + smear * np.sqrt(np.mean(y ** 2)) * rng.standard_normal(len(t)) * np.exp(-1.5 * t)
+        clips.append(y.astype(np.float32))
+    return clips
+
+
+def test_mel_fad_hears_partials_smeared_into_noise_and_ignores_level():
+    """The log-mel FAD compares written audio as heard: two draws of clean harmonic tones lie close,
+    the same kind of tones with broadband noise between their partials lie far, and a quieter copy
+    of a set (written files are peak-normalised) is the same set."""
+    clean, other, smeared = _tones(24, 0), _tones(24, 1), _tones(24, 2, smear=0.5)
+    emb = mel_embedding(clean[:1] + [np.zeros(SR // 2, np.float32)], FEATS)
+    assert emb.shape == (2, 128)   # two whole 1 s windows of a 2 s clip; a 0.5 s clip has none
+    with pytest.raises(ValueError, match="no clip lasts one"):
+        mel_embedding([np.zeros(SR // 2, np.float32)], FEATS)
+    assert mel_fad(clean, clean, FEATS) == pytest.approx(0.0, abs=1e-6)
+    assert mel_fad([0.05 * y for y in clean], clean, FEATS) == pytest.approx(0.0, abs=1e-6)
+    near, far = mel_fad(other, clean, FEATS), mel_fad(smeared, clean, FEATS)
+    assert far > 5 * near, (near, far)
+
+
 # ---------------------------------------------------------------------------- notes
 REF = [(0.0, 0.5, 60, 80), (0.5, 1.0, 64, 80), (1.0, 1.5, 67, 80), (1.5, 2.0, 72, 80)]
 
@@ -244,6 +274,8 @@ def test_evaluate_py_end_to_end(tmp_path, smoke_run):
     assert set(results["metrics"]["skill"]["baselines"]) == {"persistence", "ridge"}
     assert set(results["metrics"]["fad"]["baselines"]) == {"floor_train_vs_test", "train_same_size",
                                                            "train_same_size_resynthesised", "white_noise"}
+    assert set(results["metrics"]["mel_fad"]["baselines"]) == {"floor_train_vs_test", "train_same_size",
+                                                               "train_same_size_resynthesised", "white_noise"}
     assert results["sampling"]["guidance"] == results["metrics"]["prompt_adherence"]["details"]["guidance"]
     adherence = results["metrics"]["prompt_adherence"]
     assert len(adherence["details"]["labels"]) == 2
@@ -270,6 +302,7 @@ def test_evaluate_py_end_to_end(tmp_path, smoke_run):
     # the checkpoint's model card now shows these figures beside their baselines
     card = (smoke_run["ckpt"].parent / CARD_FILE).read_text()
     assert str((out_dir / "metrics.json").resolve()) in card and "Not evaluated yet" not in card
+    assert results["vocoder"] is None and "audio through the analytic synthesis" in card
     for name in METRICS:
         entry = results["metrics"][name]
         assert f"| {name} | {fmt(entry['value'])} | " in card, name

@@ -206,6 +206,47 @@ def test_generation_renders_with_a_vocoder_when_given_one(trained, smoke_run, tm
         generate_files(bad)
 
 
+def test_evaluation_hears_the_vocoder_and_compares_the_analytic_synthesis(trained, smoke_run, tmp_path):
+    """evaluate.py vocoder=PATH: every generated and resynthesised clip is the vocoder's rendering, as
+    generate.py writes it; the inverse-MFCC baseline and mel_fad's analytic comparisons keep conf/synth."""
+    from dataclasses import replace
+
+    from musegen.apps.evaluate import build_datamodule, training_data_config
+    from musegen.audio import Synthesizer
+    from musegen.eval.harness import AudioPath
+    from musegen.eval.run import Evaluation
+    from musegen.generation import Generator
+    from musegen.instruments import register_for
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"ckpt={smoke_run['ckpt']}", "settings.num_prompts=1",
+                                             "settings.seconds=2", "settings.max_test_clips=2", "settings.max_labels=2",
+                                             "settings.fad_samples=6", "settings.write_samples=false"])
+    gen = Generator.from_checkpoint(smoke_run["ckpt"], device="cpu")
+    dm = build_datamodule(training_data_config(smoke_run["ckpt"]), gen)
+    export, synth = instantiate(cfg.export), Synthesizer(gen.features, n_iter=2)
+    vocoder = load_vocoder(trained["ckpt"], gen.features)
+    evaluation = Evaluation(gen, dm, instantiate(cfg.settings), synth, export, tmp_path, vocoder=vocoder)
+    evaluation.prompt_adherence()
+    sample = evaluation.generated[0]
+    expected = finalize(vocoder.render(sample.frames)[: len(sample.audio)], 22050, peak_db=export.peak_db)
+    np.testing.assert_allclose(sample.audio, expected, atol=1e-6)
+    i = evaluation.eval_ids[0]
+    frames = dm.cache.clip_frames(i).numpy()
+    seconds = len(frames) * gen.features.hop_length / gen.features.sample_rate
+    register = register_for(dm.cache.labels[i])
+    inverse_mfcc = AudioPath(synth, replace(export, synthesis="mfcc")).render(frames, seconds, register).audio
+    np.testing.assert_allclose(evaluation._resynth(i, "mfcc").audio, inverse_mfcc, atol=1e-6)
+    evaluation.melody_adherence()
+    entry = evaluation.mel_fad()
+    assert entry["details"]["synthesis"] == "vocoder" and entry["details"]["generated"] == 6
+    assert {"generated_mix", "train_same_size_resynthesised_mix"} <= set(entry["baselines"])
+    assert all(np.isfinite(v) for v in [entry["value"], *entry["baselines"].values()])
+    assert entry["baselines"]["generated_mix"] != entry["value"]   # the same frames, heard through the other path
+    with pytest.raises(ValueError, match="needs vocoder=PATH"):
+        Evaluation(gen, dm, instantiate(cfg.settings), synth, replace(export, synthesis="vocoder"), tmp_path)
+
+
 def test_logged_vocoder_audio_stays_within_full_scale(capsys) -> None:
     """TensorBoard clips audio past full scale and prints a warning; an early vocoder renders that loud."""
     from torch.utils.tensorboard.summary import audio

@@ -21,6 +21,7 @@ from musegen.generation import Generator
 from musegen.io import finite_or_none, write_json
 from musegen.model_card import now, record_evaluation
 from musegen.model_card_markdown import metric_rows
+from musegen.vocoder.checkpoint import load_vocoder
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +83,19 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path, generate_cfg: Dict
     start = time.perf_counter()
     for name, (kind, nullable) in {**SAMPLING_ARGUMENTS, **SETTINGS}.items():   # before any work, as generate.py
         typed(f"settings.{name}", cfg.settings[name], kind, nullable)
+    vocoder_path = typed("vocoder", cfg.vocoder, str, True)
     settings = instantiate(cfg.settings)
     generator = Generator.from_checkpoint(cfg.ckpt, device=cfg.device)
+    vocoder = None if vocoder_path is None else load_vocoder(vocoder_path, generator.features)
     data_cfg, origin = _data_config(cfg)
     dm = build_datamodule(data_cfg, generator)
     synth = instantiate(cfg.synth)(generator.features)
     call = None if generate_cfg is None else (lambda: measure_rtf(generate_cfg))
-    evaluation = Evaluation(generator, dm, settings, synth, instantiate(cfg.export), out_dir, call)
+    evaluation = Evaluation(generator, dm, settings, synth, instantiate(cfg.export), out_dir, call, vocoder)
     metrics = evaluation.run()
     results = finite_or_none({
         "checkpoint": str(cfg.ckpt), "checkpoint_sha256": file_sha256(cfg.ckpt),
+        "vocoder": None if vocoder_path is None else {"path": vocoder_path, "sha256": file_sha256(vocoder_path)},
         "data": {"config_from": origin, "cache": str(dm.cache.path), "labels": dm.labels,
                  "train_clips": len(evaluation.train_ids), "test_clips": len(evaluation.test_ids),
                  "evaluated_test_clips": len(evaluation.eval_ids)},
@@ -120,8 +124,8 @@ def update_model_card(results: Mapping[str, Any], metrics_json: Path) -> None:
     The card is a companion of metrics.json, which is written already: a card that cannot be
     written (a read-only checkpoint folder) is a warning, not a failed evaluation.
     """
-    evaluation = {"checkpoint_sha256": results["checkpoint_sha256"], "evaluated_at": now(),
-                  "metrics_json": str(metrics_json.resolve()), "device": results["device"],
+    evaluation = {"checkpoint_sha256": results["checkpoint_sha256"], "vocoder": results["vocoder"],
+                  "evaluated_at": now(), "metrics_json": str(metrics_json.resolve()), "device": results["device"],
                   "seconds": results["seconds"], "data": results["data"], "settings": results["settings"],
                   "metrics": headline(results)}
     try:

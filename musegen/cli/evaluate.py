@@ -18,7 +18,7 @@ def generate_config(cfg: DictConfig, out_dir: Path) -> DictConfig:
     rtf metric times the very call a user makes."""
     gen = compose(config_name="generate")
     with open_dict(gen):
-        gen.ckpt, gen.device, gen.seed = str(cfg.ckpt), cfg.device, int(cfg.seed)
+        gen.ckpt, gen.device, gen.seed, gen.vocoder = str(cfg.ckpt), cfg.device, int(cfg.seed), cfg.vocoder
         gen.prompt, gen.duration = cfg.rtf.prompt, float(cfg.rtf.duration)
         gen.out = str(out_dir / "rtf")
         del gen["paths"]

@@ -45,12 +45,18 @@ def linear_skill(model: MuseModel, train: Iterable[Mapping[str, torch.Tensor]],
     return float(skill(((pred - y_test) ** 2).mean(), ((persist - y_test) ** 2).mean()))
 
 
-def white_noise_frames(n: int, seconds: float, features: FeatureConfig, seed: int = 0) -> list[np.ndarray]:
-    """Features of `n` white-noise clips: the "knows nothing about music" end of FAD's scale."""
+def white_noise_audio(n: int, seconds: float, features: FeatureConfig, seed: int = 0) -> list[np.ndarray]:
+    """`n` white-noise clips: the "knows nothing about music" end of FAD's scale."""
 
     rng = np.random.default_rng(seed)
     samples = int(round(seconds * features.sample_rate))
-    return [extract((0.1 * rng.standard_normal(samples)).astype(np.float32), features) for _ in range(n)]
+    return [(0.1 * rng.standard_normal(samples)).astype(np.float32) for _ in range(n)]
+
+
+def white_noise_frames(n: int, seconds: float, features: FeatureConfig, seed: int = 0) -> list[np.ndarray]:
+    """Features of white_noise_audio's clips."""
+
+    return [extract(y, features) for y in white_noise_audio(n, seconds, features, seed)]
 
 
 def pyin_notes(y: np.ndarray, features: FeatureConfig, fmin: float = 65.4, fmax: float = 2093.0,

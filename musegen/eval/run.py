@@ -16,7 +16,15 @@ import numpy as np
 from musegen.audio import Synthesizer
 from musegen.data.datamodule import MuseDataModule
 from musegen.eval import realism as realism_lib
-from musegen.eval.baselines import argmax_notes, linear_skill, pyin_notes, pyin_range, random_chroma, white_noise_frames
+from musegen.eval.baselines import (
+    argmax_notes,
+    linear_skill,
+    pyin_notes,
+    pyin_range,
+    random_chroma,
+    white_noise_audio,
+    white_noise_frames,
+)
 from musegen.eval.harness import (
     AudioPath,
     Sample,
@@ -25,8 +33,8 @@ from musegen.eval.harness import (
     next_segment_skill,
     prompt_samples,
 )
-from musegen.eval.metrics import InstrumentClassifier, fad, midi_notes, note_f1, pitch_fidelity
-from musegen.export import ExportSettings
+from musegen.eval.metrics import InstrumentClassifier, fad, mel_fad, midi_notes, note_f1, pitch_fidelity
+from musegen.export import ExportSettings, Renderer
 from musegen.features import load_audio
 from musegen.generation import Generator
 from musegen.instruments import register_for
@@ -42,6 +50,7 @@ TARGETS = {
     "melody_adherence": "well above random_reference",
     "pitch_fidelity": ">= 0.9",
     "fad": "near floor, far below noise",
+    "mel_fad": "near train_same_size (a perfect model), far below noise",
     "note_f1": ">= 0.8",
     "realism": "two-sample accuracy <= 0.75 vs resynthesised test clips",
     "rtf": ">= 20",
@@ -126,21 +135,27 @@ class Evaluation:
     """All metrics for one generator on one set-up datamodule's test split; `run()` returns them.
 
     Generated samples are made once and shared: the default-guidance prompt samples and the
-    continuations feed prompt_adherence/melody_adherence and then pitch_fidelity and fad.
+    continuations feed prompt_adherence/melody_adherence and then pitch_fidelity, fad and mel_fad.
     """
 
     def __init__(self, generator: Generator, datamodule: MuseDataModule, settings: EvalSettings,
                  synth: Synthesizer, export: ExportSettings, out_dir: str | Path,
-                 generate_call: Callable[[], dict[str, float]] | None = None) -> None:
+                 generate_call: Callable[[], dict[str, float]] | None = None,
+                 vocoder: Renderer | None = None) -> None:
         """``synth``/``export``: the synthesis and export settings generate.py uses; ``generate_call``:
-        one timed generate.py call ({"rtf", "audio_seconds", "wall_seconds"}), or None to skip rtf."""
+        one timed generate.py call ({"rtf", "audio_seconds", "wall_seconds"}), or None to skip rtf;
+        ``vocoder``: a trained vocoder that renders every generated and resynthesised clip in place of
+        ``synth``, as generate.py's vocoder=PATH does (``synth`` still renders the analytic baselines)."""
         self.gen, self.dm, self.s, self.out = generator, datamodule, settings, Path(out_dir)
         self.generate_call = generate_call
         self.feats = generator.features
         self.cache = datamodule.cache
         if self.cache is None:
             raise ValueError("Evaluation: call datamodule.setup() first")
-        self.audio_path = AudioPath(synth, export)
+        if vocoder is None and export.synthesis == "vocoder":
+            raise ValueError("export.synthesis=vocoder needs vocoder=PATH (a checkpoint from experiment=vocoder_demo)")
+        self.synth, self.export, self.vocoder = synth, export, vocoder
+        self.audio_path = self._path("vocoder" if vocoder is not None else export.synthesis)
         sampling = generator.sampling(settings.guidance, settings.temperature, settings.top_k, settings.top_p,
                                       settings.min_p, settings.pitch_temperature, settings.min_note_frames)
         self.guidance = sampling.pop("guidance")
@@ -150,6 +165,7 @@ class Evaluation:
         self.eval_ids = self._subset(self.test_ids)
         self.generated: list[Sample] = []   # default-guidance samples, for pitch_fidelity and fad
         self.prompted: list[str] = []       # the labels prompt_adherence prompted for
+        self._fad_samples: list[Sample] | None = None
         self._resynthesised: dict[tuple[int, str | None], Sample] = {}
 
     def _subset(self, ids: list[int]) -> list[int]:
@@ -210,14 +226,18 @@ class Evaluation:
                    "heard_as": {label: dict(c) for label, c in heard_as.items()}}
         return _entry(acc[self.guidance], baselines, chance=chance, details=details, name="prompt_adherence")
 
+    def _path(self, synthesis: str) -> AudioPath:
+        """The written-audio path of one synthesis mode: the vocoder's, or the analytic synthesis's."""
+        renderer = self.vocoder if synthesis == "vocoder" else self.synth
+        return AudioPath(renderer, replace(self.export, synthesis=synthesis))
+
     def _resynth(self, i: int, synthesis: str | None = None) -> Sample:
         """A cached clip's true frames through generate.py's synthesis (or `synthesis` mode): what the
         audio path alone loses, with a perfect model. Rendered once per clip and mode."""
 
         if (i, synthesis) not in self._resynthesised:
             frames = self.cache.clip_frames(i).numpy()
-            path = self.audio_path if synthesis is None else AudioPath(
-                self.audio_path.synth, replace(self.audio_path.export, synthesis=synthesis))
+            path = self.audio_path if synthesis is None else self._path(synthesis)
             seconds = len(frames) * self.feats.hop_length / self.feats.sample_rate
             self._resynthesised[i, synthesis] = path.render(frames, seconds, register_for(self.cache.labels[i]))
         return self._resynthesised[i, synthesis]
@@ -265,7 +285,7 @@ class Evaluation:
         mean, std = norm.mean.cpu().numpy(), norm.std.cpu().numpy()
         real_test = self.frames(self.test_ids)
         adherence = [x.extracted for x in self.generated]
-        generated = adherence + [x.extracted for x in self._more_prompt_samples(self.s.fad_samples - len(adherence))]
+        generated = [x.extracted for x in self.fad_set()]
         value = fad(generated, real_test, mean, std)
         floor = fad(self.frames(self.train_ids), real_test, mean, std)
         noise = fad(white_noise_frames(len(generated), self.s.seconds, self.feats, self.s.seed), real_test, mean, std)
@@ -280,6 +300,43 @@ class Evaluation:
                                "adherence_samples_only": fad(adherence, real_test, mean, std),
                                "real_test": len(real_test), "train_same_size_clips": len(ids),
                                "note": "pooled [mean, std] of standardised frames; small sets bias FAD upwards"})
+
+    def fad_set(self) -> list[Sample]:
+        """The `fad_samples` generated clips fad and mel_fad compare: the adherence samples, then more
+        default-guidance prompt samples; made once."""
+        if not self.generated:
+            raise RuntimeError("fad and mel_fad need the generated samples: run prompt/melody adherence first")
+        if self._fad_samples is None:
+            self._fad_samples = self.generated + self._more_prompt_samples(self.s.fad_samples - len(self.generated))
+        return self._fad_samples
+
+    def mel_fad(self) -> dict[str, Any]:
+        """FAD on log-mel windows of the audio (metrics.mel_fad): the fad set's written audio against the
+        real test audio, so the audio path's losses count as a listener hears them. Baselines at the same
+        size: real training audio (a perfect model), its true frames through the audio path (a perfect
+        model's frames, this synthesis), and with a vocoder the same two through the analytic synthesis."""
+        generated = self.fad_set()
+        real_test = [self.clip_audio(i) for i in self.test_ids]
+        ids = self._choose(self.train_ids, len(generated))
+
+        def score(clips: Iterable[np.ndarray]) -> float:
+            return mel_fad(list(clips), real_test, self.feats)
+
+        baselines = {"floor_train_vs_test": score(map(self.clip_audio, self.train_ids)),
+                     "train_same_size": score(map(self.clip_audio, ids)),
+                     "train_same_size_resynthesised": score(self._resynth(i).audio for i in ids)}
+        if self.vocoder is not None:
+            analytic = self.export.synthesis
+            baselines[f"train_same_size_resynthesised_{analytic}"] = score(self._resynth(i, analytic).audio
+                                                                           for i in ids)
+            baselines[f"generated_{analytic}"] = score(self._path(analytic).render(
+                x.frames, len(x.audio) / self.feats.sample_rate, register_for(x.label)).audio for x in generated)
+        baselines["white_noise"] = score(white_noise_audio(len(generated), self.s.seconds, self.feats, self.s.seed))
+        details = {"generated": len(generated), "real_test": len(real_test), "train_same_size_clips": len(ids),
+                   "synthesis": self.audio_path.export.synthesis,
+                   "embedding": "per 1 s window: mean and std over time of 64-band log10 mel power, clips "
+                                "peak-normalised"}
+        return _entry(score(x.audio for x in generated), baselines, details=details, name="mel_fad")
 
     def _more_prompt_samples(self, n: int) -> list[Sample]:
         """n more default-guidance prompt samples, the labels taking turns, on seeds after those of
@@ -372,13 +429,13 @@ class Evaluation:
 
     def run(self) -> dict[str, dict[str, Any]]:
         """The chosen metrics (all by default), in the order that lets later ones reuse earlier samples:
-        pitch_fidelity and fad need prompt_adherence's and melody_adherence's samples."""
+        pitch_fidelity, fad and mel_fad need prompt_adherence's and melody_adherence's samples."""
         wanted = set(self.s.metrics or METRICS)
-        if wanted & {"pitch_fidelity", "fad"}:
+        if wanted & {"pitch_fidelity", "fad", "mel_fad"}:
             wanted |= {"prompt_adherence", "melody_adherence"}
         results: dict[str, dict[str, Any]] = {}
-        for name in ("skill", "prompt_adherence", "melody_adherence", "pitch_fidelity", "fad", "note_f1", "realism",
-                     "rtf"):
+        for name in ("skill", "prompt_adherence", "melody_adherence", "pitch_fidelity", "fad", "mel_fad", "note_f1",
+                     "realism", "rtf"):
             if name in wanted:
                 _timed(results, name, getattr(self, name))
         return {k: results[k] for k in METRICS if k in results}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from musegen.checkpoint import CheckpointError, read_weights
+from musegen.features import FeatureConfig
 from musegen.vocoder.network import Vocoder
 
 #: Bumped whenever a vocoder checkpoint's tensors or hyper-parameters change meaning; older ones are refused.
@@ -16,8 +17,9 @@ VOCODER_FORMAT = 1
 PREFIX = "vocoder."
 
 
-def load_vocoder(path: str | Path) -> Vocoder:
-    """The trained vocoder of a checkpoint file, in eval mode; CheckpointError for anything unusable."""
+def load_vocoder(path: str | Path, features: FeatureConfig | None = None) -> Vocoder:
+    """The trained vocoder of a checkpoint file, in eval mode; CheckpointError for anything unusable,
+    including, with `features` (a generator's), a vocoder built for other frames than those."""
     ckpt = read_weights(path)
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hp, dict) or "state_dict" not in ckpt or "vocoder_format" not in hp:
@@ -32,4 +34,7 @@ def load_vocoder(path: str | Path) -> Vocoder:
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {path}: vocoder weights do not fit its hyper-parameters "
                               f"({str(err).splitlines()[0]})") from None
+    if features is not None and vocoder.features != features:
+        raise CheckpointError(f"vocoder={path}: built for other features than the checkpoint's "
+                              f"({vocoder.features} vs {features})")
     return vocoder.eval()
