@@ -42,19 +42,20 @@ $(STAMP): pyproject.toml | system-deps
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Build the demo data, train the demo experiment (resuming if interrupted), generate 20 s from it.
+# Build the demo data, train the demo experiment and its vocoder (resuming if interrupted), generate 20 s
+# through the vocoder and, to compare, through the analytic synthesis.
 demo: setup
 	@if [ -f $(DEMO_DIR)/.trained ]; then echo "demo model already trained: $(DEMO_CKPT)"; else \
 	  $(PY) train.py experiment=demo run_name=make-demo resume=auto && touch $(DEMO_DIR)/.trained; fi
 	@if [ -f $(VOC_DIR)/.trained ]; then echo "demo vocoder already trained: $(VOC_CKPT)"; else \
 	  $(PY) train.py experiment=vocoder_demo run_name=make-demo resume=auto && touch $(VOC_DIR)/.trained; fi
 	@if [ -f $(DEMO_OUT)/calm-piano-melody-s0.wav ]; then echo "demo sample already generated"; else \
-	  $(PY) generate.py ckpt=$(DEMO_CKPT) prompt="calm piano melody" duration=20 seed=0 out=$(DEMO_OUT); fi
-	@if [ -f $(DEMO_OUT)/vocoder/calm-piano-melody-s0.wav ]; then echo "vocoded demo sample already generated"; else \
-	  $(PY) generate.py ckpt=$(DEMO_CKPT) prompt="calm piano melody" duration=20 seed=0 out=$(DEMO_OUT)/vocoder \
+	  $(PY) generate.py ckpt=$(DEMO_CKPT) prompt="calm piano melody" duration=20 seed=0 out=$(DEMO_OUT) \
 	    vocoder=$(VOC_CKPT); fi
+	@if [ -f $(DEMO_OUT)/mix/calm-piano-melody-s0.wav ]; then echo "analytic demo sample already generated"; else \
+	  $(PY) generate.py ckpt=$(DEMO_CKPT) prompt="calm piano melody" duration=20 seed=0 out=$(DEMO_OUT)/mix; fi
 	@echo
-	@echo "samples:     $(DEMO_OUT) (analytic synthesis), $(DEMO_OUT)/vocoder (the demo vocoder)"
+	@echo "samples:     $(DEMO_OUT) (the demo vocoder), $(DEMO_OUT)/mix (the analytic synthesis)"
 	@echo "checkpoints: $(DEMO_DIR)/checkpoints, $(VOC_DIR)/checkpoints"
 	@echo "tensorboard: $(VENV)/bin/tensorboard --logdir outputs"
 
