@@ -63,11 +63,12 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
-# The web app (musegen.app, the `app` extra) on the demo checkpoint, at http://127.0.0.1:7860
+# The web app (musegen.app, the `app` extra) on the demo checkpoint, rendered by the demo vocoder once
+# it is trained, at http://127.0.0.1:7860
 app: setup
 	@test -f $(DEMO_CKPT) || { echo "no demo checkpoint at $(DEMO_CKPT): run make demo first"; exit 1; }
 	@$(PY) -c "import gradio" 2>/dev/null || $(PY) -m pip install -q -e '.[app]'
-	$(PY) -m musegen.app ckpt=$(DEMO_CKPT)
+	$(PY) -m musegen.app ckpt=$(DEMO_CKPT) $$( [ -f $(VOC_DIR)/.trained ] && echo vocoder=$(VOC_CKPT) )
 
 # Every benchmark, one JSON object each into bench/results/; the ones that read a trained model get
 # `make demo`'s checkpoints (the generator, or the vocoder for the vocoder benches).
