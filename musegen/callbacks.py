@@ -14,11 +14,12 @@ import soundfile as sf
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
 from musegen.audio import Synthesizer
-from musegen.export import ExportSettings, export_sample, slug
+from musegen.export import ExportSettings, Renderer, export_sample, slug
 from musegen.features import FeatureConfig
 from musegen.figures import piano_rolls, spectrograms, to_image
 from musegen.generation import Generator, encoder_from_config
 from musegen.text import TextEncoder
+from musegen.vocoder.checkpoint import load_vocoder
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +30,37 @@ class SampleRenderer(L.Callback):
     (TensorBoard, Weights & Biases, MLflow; others, such as CSV, get nothing). Rank zero only."""
 
     def __init__(self, prompts: list[str], synth: Callable[[FeatureConfig], Synthesizer], export: ExportSettings,
-                 every_n_epochs: int = 5, seconds: float = 4.0, seed: int = 0, out_dir: str = "samples") -> None:
+                 every_n_epochs: int = 5, seconds: float = 4.0, seed: int = 0, out_dir: str = "samples",
+                 vocoder: str | None = None) -> None:
         """``synth``/``export``: generate.py's synthesis and export settings (conf/synth, conf/export);
-        the per-epoch samples write WAV and MIDI only. Sampling uses the model's defaults."""
+        the per-epoch samples write WAV and MIDI only. Sampling uses the model's defaults. ``vocoder``:
+        a vocoder checkpoint that renders the samples instead of ``synth``, as generate.py's
+        vocoder=PATH; read when fitting starts, so a wrong one fails before the first epoch."""
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.prompts, self.every, self.seconds, self.seed = list(prompts), every_n_epochs, seconds, seed
         self.out_dir = Path(out_dir)
-        self.synth = synth
-        self.settings = replace(export, formats=("wav",), render_midi=False)
+        self.synth, self.vocoder_path = synth, vocoder
+        self.settings = replace(export, formats=("wav",), render_midi=False,
+                                synthesis="vocoder" if vocoder is not None else export.synthesis)
         self._encoder: TextEncoder | None = None
+        self._renderer: Renderer | None = None
 
     def _due(self, trainer: L.Trainer) -> bool:
         epoch = trainer.current_epoch + 1
         return trainer.is_global_zero and not trainer.sanity_checking and (
             epoch % self.every == 0 or epoch == trainer.max_epochs)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._renderer_for(pl_module)
+
+    def _renderer_for(self, pl_module: L.LightningModule) -> Renderer:
+        """The vocoder, or the analytic synthesis, for the model's features; made once."""
+        if self._renderer is None:
+            features = pl_module.model.features
+            self._renderer = (self.synth(features) if self.vocoder_path is None
+                              else load_vocoder(self.vocoder_path, features))
+        return self._renderer
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._due(trainer):
@@ -52,7 +69,7 @@ class SampleRenderer(L.Callback):
             self._encoder = encoder_from_config(pl_module.model.text_encoder)
         was_training = pl_module.training
         generator = Generator(pl_module.model, self._encoder, device=str(pl_module.device))
-        synth = self.synth(generator.features)
+        synth = self._renderer_for(pl_module)
         epoch = trainer.current_epoch + 1
         epoch_dir = self.out_dir / f"epoch_{epoch:03d}"
         media = [(lg, send) for lg in trainer.loggers if (send := _media_sender(lg)) is not None]

@@ -247,6 +247,35 @@ def test_evaluation_hears_the_vocoder_and_compares_the_analytic_synthesis(traine
         Evaluation(gen, dm, instantiate(cfg.settings), synth, replace(export, synthesis="vocoder"), tmp_path)
 
 
+def test_per_epoch_samples_are_rendered_by_a_vocoder_when_given_one(trained, smoke_run, tmp_path):
+    """callbacks.sample_renderer.vocoder=PATH: each epoch's sample is the vocoder's rendering of the
+    generated frames; a checkpoint that is no vocoder stops the run when fitting starts."""
+    from types import SimpleNamespace
+
+    from musegen.callbacks import SampleRenderer
+    from musegen.generation import Generator
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=smoke", f"paths.root_dir={tmp_path}"])
+    model = Generator.from_checkpoint(smoke_run["ckpt"], device="cpu").model
+    module = SimpleNamespace(model=model, device="cpu", training=False, train=lambda mode=True: None)
+    trainer = SimpleNamespace(current_epoch=0, max_epochs=1, sanity_checking=False, is_global_zero=True, loggers=[],
+                              global_step=1)
+    renderer = instantiate(cfg.callbacks.sample_renderer, prompts=["calm piano"], seconds=1.0,
+                           out_dir=str(tmp_path / "samples"), vocoder=str(trained["ckpt"]))
+    assert isinstance(renderer, SampleRenderer)
+    renderer.on_fit_start(trainer, module)
+    renderer.on_validation_epoch_end(trainer, module)
+    heard, _ = sf.read(tmp_path / "samples" / "epoch_001" / "calm-piano.wav", dtype="float32")
+    frames = Generator.from_checkpoint(smoke_run["ckpt"], device="cpu").generate(
+        prompt="calm piano", duration=1.0, seed=0).frames[0]
+    expected = finalize(load_vocoder(trained["ckpt"]).render(frames)[:22050], 22050, peak_db=cfg.export.peak_db)
+    assert heard.shape == expected.shape and np.abs(heard - expected).max() < 1e-4
+    wrong = instantiate(cfg.callbacks.sample_renderer, out_dir=str(tmp_path / "x"), vocoder=str(smoke_run["ckpt"]))
+    with pytest.raises(CheckpointError, match="not a musegen vocoder checkpoint"):
+        wrong.on_fit_start(trainer, module)
+
+
 def test_logged_vocoder_audio_stays_within_full_scale(capsys) -> None:
     """TensorBoard clips audio past full scale and prints a warning; an early vocoder renders that loud."""
     from torch.utils.tensorboard.summary import audio
