@@ -59,6 +59,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_training_lowers_the_validation_loss_and_logs_audio(trained):
     assert trained["after"]["val/loss"] < trained["before"]["val/loss"]
     assert trained["after"]["val/lsd"] < trained["before"]["val/lsd"]
+    assert trained["after"]["val/chroma"] < trained["before"]["val/chroma"]   # it learns the frames' pitch classes
     events = list((trained["run"] / "tensorboard").rglob("events.out.tfevents.*"))
     assert events and max(e.stat().st_size for e in events) > 10_000  # audio and mel images, not only scalars
 
@@ -274,6 +275,26 @@ def test_per_epoch_samples_are_rendered_by_a_vocoder_when_given_one(trained, smo
     wrong = instantiate(cfg.callbacks.sample_renderer, out_dir=str(tmp_path / "x"), vocoder=str(smoke_run["ckpt"]))
     with pytest.raises(CheckpointError, match="not a musegen vocoder checkpoint"):
         wrong.on_fit_start(trainer, module)
+
+
+def test_chroma_loss_reads_the_pitch_classes_the_features_read():
+    """The vocoder's chroma loss hears a tone's pitch class as musegen.features does: about 0 against
+    the tone's own extracted chroma, far from a tone a fifth away."""
+    from musegen.audio import Synthesizer
+    from musegen.features import FeatureConfig
+    from musegen.vocoder.losses import ChromaLoss
+
+    feats = FeatureConfig()
+    t = np.arange(feats.sample_rate) / feats.sample_rate
+    a, e = (np.sin(2 * np.pi * f * t).astype(np.float32) for f in (440.0, 659.26))
+    loss = ChromaLoss(feats.sample_rate, feats.n_fft, feats.n_chroma)
+    stft = Synthesizer(feats).stft
+    magnitude = stft(torch.from_numpy(a)[None]).abs()[:, 2:-2]
+    chroma = torch.from_numpy(extract(a, feats)[None, 2:-2, feats.n_mfcc:])
+    assert int(loss.chroma(magnitude).mean(1).argmax()) == 9   # A
+    same = float(loss(magnitude, chroma))
+    other = float(loss(stft(torch.from_numpy(e)[None]).abs()[:, 2:-2], chroma))
+    assert same < 0.02 and other > 10 * same, (same, other)
 
 
 def test_logged_vocoder_audio_stays_within_full_scale(capsys) -> None:

@@ -5,6 +5,10 @@
 - mel loss: L1 between natural-log mel spectrograms (HiFi-GAN, Vocos);
 - log-magnitude loss: L1 between the head's predicted log-magnitude and the clip's own, frame by frame
   (what the griffin_lim head trains on, and a direct signal for the istft head's magnitude);
+- chroma loss: L1 between the chroma of the rendered audio (librosa's chroma_stft filterbank on its
+  power spectrum, each frame scaled to a peak of 1, as musegen.features) and the input frames' own
+  chroma: the pitch classes a listener hears are what the frames ask for, which the spectral losses
+  weigh only as a few bins among a thousand;
 - log-spectral distance, the validation metric: per frame, the RMS over frequency bins of
   log10(power + eps) differences, averaged over frames.
 """
@@ -64,6 +68,24 @@ class MelLoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.l1_loss(self.log_mel(pred), self.log_mel(target))
+
+
+class ChromaLoss(nn.Module):
+    """L1 between the chroma of [B, T, F] magnitudes and [B, T, n_chroma] target chroma (peak-normalised)."""
+
+    def __init__(self, sample_rate: int, n_fft: int, n_chroma: int) -> None:
+        super().__init__()
+        import librosa  # noqa: PLC0415  (training only: generation never builds a loss)
+
+        fb = librosa.filters.chroma(sr=sample_rate, n_fft=n_fft, n_chroma=n_chroma)
+        self.register_buffer("fb", torch.tensor(fb.T, dtype=torch.float32), persistent=False)
+
+    def chroma(self, magnitude: torch.Tensor) -> torch.Tensor:
+        c = (magnitude.float() ** 2) @ self.fb
+        return c / c.amax(dim=-1, keepdim=True).clamp_min(LSD_EPS)
+
+    def forward(self, magnitude: torch.Tensor, target_chroma: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(self.chroma(magnitude), target_chroma.float())
 
 
 def log_magnitude_loss(pred_log_mag: torch.Tensor, target_mag: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """VocoderModule: the Lightning training of musegen.vocoder.network.Vocoder on (frames, audio) crops.
 
-Losses (musegen.vocoder.losses): the istft head trains on its waveform (multi-resolution STFT + mel)
-and on its log-magnitude; the griffin_lim head, whose audio is not differentiable, on its
-log-magnitude alone. No adversarial discriminator: on the CPU budgets this project trains in, a
-GAN's second network and its slow start cost more steps than they return.
+Losses (musegen.vocoder.losses): the istft head trains on its waveform (multi-resolution STFT, mel,
+and the chroma of its audio against the frames') and on its log-magnitude; the griffin_lim head, whose
+audio is not differentiable, on its log-magnitude alone. No adversarial discriminator: on the CPU
+budgets this project trains in, a GAN's second network and its slow start cost more steps than they
+return.
 
 Validation logs val/loss (the training loss) and val/lsd: log-spectral distance between the STFT of
 the rendered audio (Griffin-Lim included) and the original, over the frames not touched by a crop's edges.
@@ -18,7 +19,13 @@ import torch
 
 from musegen.data.datamodule import plain_config
 from musegen.vocoder.checkpoint import VOCODER_FORMAT
-from musegen.vocoder.losses import MelLoss, MultiResolutionSTFTLoss, log_magnitude_loss, log_spectral_distance
+from musegen.vocoder.losses import (
+    ChromaLoss,
+    MelLoss,
+    MultiResolutionSTFTLoss,
+    log_magnitude_loss,
+    log_spectral_distance,
+)
 from musegen.vocoder.network import Vocoder
 
 
@@ -30,6 +37,7 @@ class VocoderModule(L.LightningModule):
         stft_weight: float = 1.0,
         mel_weight: float = 1.0,
         magnitude_weight: float = 1.0,
+        chroma_weight: float = 0.0,
         resolutions: Sequence[Sequence[int]] = ((1024, 256), (2048, 512)),
         lr: float = 4e-3,
         weight_decay: float = 1e-2,
@@ -40,6 +48,7 @@ class VocoderModule(L.LightningModule):
         features, net, resolutions = plain_config(features), plain_config(net), plain_config(resolutions)
         self.save_hyperparameters({"features": features, "net": net, "stft_weight": stft_weight,
                                    "mel_weight": mel_weight, "magnitude_weight": magnitude_weight,
+                                   "chroma_weight": chroma_weight,
                                    "resolutions": [list(r) for r in resolutions], "lr": lr,
                                    "weight_decay": weight_decay, "warmup_fraction": warmup_fraction,
                                    "vocoder_format": vocoder_format})
@@ -47,6 +56,7 @@ class VocoderModule(L.LightningModule):
         cfg = self.vocoder.features
         self.stft_loss = MultiResolutionSTFTLoss(resolutions)
         self.mel_loss = MelLoss(cfg.sample_rate, cfg.n_fft, cfg.hop_length, cfg.n_mels)
+        self.chroma_loss = ChromaLoss(cfg.sample_rate, cfg.n_fft, cfg.n_chroma)
         # the features' analysis window (librosa's periodic Hann), for the target spectrogram of a crop
         self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
 
@@ -73,19 +83,22 @@ class VocoderModule(L.LightningModule):
         hp = self.hparams
         losses = {"magnitude": log_magnitude_loss(log_mag, magnitude)}
         loss = hp.magnitude_weight * losses["magnitude"]
-        pred = None
+        cfg = self.vocoder.features
+        edge = cfg.n_fft // (2 * cfg.hop_length)   # frames whose analysis window reaches past the crop
+        pred = pred_mag = None
         if phase is not None:
             pred = self.vocoder.to_audio(log_mag, phase, wave.shape[-1])
+            pred_mag = self.vocoder.synthesizer(frames.device).stft(pred)[:, :frames.shape[1]].abs()
             losses["stft"] = self.stft_loss(pred, wave)
             losses["mel"] = self.mel_loss(pred, wave)
+            losses["chroma"] = self.chroma_loss(pred_mag[:, edge:-edge], frames[:, edge:-edge, cfg.n_mfcc:])
             loss = loss + hp.stft_weight * losses["stft"] + hp.mel_weight * losses["mel"]
+            loss = loss + hp.chroma_weight * losses["chroma"]
         losses["loss"] = loss
         if render:
-            if pred is None:
+            if pred_mag is None:
                 pred = self.vocoder.to_audio(log_mag, phase, wave.shape[-1])
-            cfg = self.vocoder.features
-            edge = cfg.n_fft // (2 * cfg.hop_length)
-            pred_mag = self.vocoder.synthesizer(frames.device).stft(pred)[:, :frames.shape[1]].abs()
+                pred_mag = self.vocoder.synthesizer(frames.device).stft(pred)[:, :frames.shape[1]].abs()
             losses["lsd"] = log_spectral_distance(pred_mag[:, edge:-edge], magnitude[:, edge:-edge])
         return losses
 
