@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from musegen.checkpoint import file_sha256
-from musegen.export import ExportSettings, Renderer, render, slug, write_sample
+from musegen.export import ExportSettings, Renderer, check_vocoder_given, render, slug, write_sample
 from musegen.features import FeatureConfig
 from musegen.generation import Generator, ProgressFn
 from musegen.vocoder.checkpoint import load_vocoder
@@ -145,9 +145,8 @@ def load(checkpoint: str | Path, device: str = "auto", vocoder: str | Path | Non
     settings: ExportSettings = instantiate(export)
     sources: dict[str, Any] = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
                                "vocoder": None}
+    check_vocoder_given(settings.synthesis, vocoder)
     if vocoder is None:
-        if settings.synthesis == "vocoder":
-            raise ValueError("export.synthesis=vocoder needs vocoder=PATH (a checkpoint from experiment=vocoder_demo)")
         return MusicModel(generator, instantiate(synth)(generator.features), settings, sources)
     voc = load_vocoder(vocoder, generator.features)
     sources["vocoder"] = {"path": str(vocoder), "sha256": file_sha256(vocoder)}

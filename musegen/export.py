@@ -56,6 +56,13 @@ class ExportSettings:
             raise ValueError(f"export.max_limiting_db must be >= 0 dB, got {self.max_limiting_db}")
 
 
+def check_vocoder_given(synthesis: str, vocoder: object | None) -> None:
+    """ValueError when `synthesis` asks for the vocoder and none was given: the one check of
+    generate.py, the Python API and evaluation alike."""
+    if synthesis == "vocoder" and vocoder is None:
+        raise ValueError("export.synthesis=vocoder needs vocoder=PATH (a checkpoint from experiment=vocoder_demo)")
+
+
 def slug(text: str | None, max_len: int = 48) -> str:
     """A file-name-safe slug of a prompt ("Calm piano, melody!" -> "calm-piano-melody")."""
     s = re.sub(r"[^a-z0-9]+", "-", (text or "").lower()).strip("-")

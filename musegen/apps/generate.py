@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from musegen.api import load
+from musegen.export import check_vocoder_given
 from musegen.features import AudioError
 from musegen.lyrics import write_lyrics
 
@@ -39,8 +40,7 @@ def arguments(cfg: DictConfig) -> dict[str, Any]:
     args["out"] = writable_folder("out", Path(typed("out", cfg.out, str, False)))
     vocoder = typed("vocoder", cfg.vocoder, str, True)
     args["vocoder"] = None if vocoder is None else Path(vocoder)
-    if args["vocoder"] is None and cfg.export.synthesis == "vocoder":
-        raise ValueError("export.synthesis=vocoder needs vocoder=PATH (a checkpoint from experiment=vocoder_demo)")
+    check_vocoder_given(cfg.export.synthesis, args["vocoder"])
     return args
 
 

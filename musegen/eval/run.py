@@ -34,7 +34,7 @@ from musegen.eval.harness import (
     prompt_samples,
 )
 from musegen.eval.metrics import InstrumentClassifier, fad, mel_fad, midi_notes, note_f1, pitch_fidelity
-from musegen.export import ExportSettings, Renderer
+from musegen.export import ExportSettings, Renderer, check_vocoder_given
 from musegen.features import load_audio
 from musegen.generation import Generator
 from musegen.instruments import register_for
@@ -152,8 +152,7 @@ class Evaluation:
         self.cache = datamodule.cache
         if self.cache is None:
             raise ValueError("Evaluation: call datamodule.setup() first")
-        if vocoder is None and export.synthesis == "vocoder":
-            raise ValueError("export.synthesis=vocoder needs vocoder=PATH (a checkpoint from experiment=vocoder_demo)")
+        check_vocoder_given(export.synthesis, vocoder)
         self.synth, self.export, self.vocoder = synth, export, vocoder
         self.audio_path = self._path("vocoder" if vocoder is not None else export.synthesis)
         sampling = generator.sampling(settings.guidance, settings.temperature, settings.top_k, settings.top_p,

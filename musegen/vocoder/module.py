@@ -85,10 +85,10 @@ class VocoderModule(L.LightningModule):
         loss = hp.magnitude_weight * losses["magnitude"]
         cfg = self.vocoder.features
         edge = cfg.n_fft // (2 * cfg.hop_length)   # frames whose analysis window reaches past the crop
-        pred = pred_mag = None
-        if phase is not None:
+        if phase is not None or render:   # the griffin_lim head's audio is rendered only to be measured
             pred = self.vocoder.to_audio(log_mag, phase, wave.shape[-1])
             pred_mag = self.vocoder.synthesizer(frames.device).stft(pred)[:, :frames.shape[1]].abs()
+        if phase is not None:
             losses["stft"] = self.stft_loss(pred, wave)
             losses["mel"] = self.mel_loss(pred, wave)
             losses["chroma"] = self.chroma_loss(pred_mag[:, edge:-edge], frames[:, edge:-edge, cfg.n_mfcc:])
@@ -96,9 +96,6 @@ class VocoderModule(L.LightningModule):
             loss = loss + hp.chroma_weight * losses["chroma"]
         losses["loss"] = loss
         if render:
-            if pred_mag is None:
-                pred = self.vocoder.to_audio(log_mag, phase, wave.shape[-1])
-                pred_mag = self.vocoder.synthesizer(frames.device).stft(pred)[:, :frames.shape[1]].abs()
             losses["lsd"] = log_spectral_distance(pred_mag[:, edge:-edge], magnitude[:, edge:-edge])
         return losses
 
